@@ -19,7 +19,6 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(CONSTRAINTS) torch==2.13.0
 	$(PIP) install -q $(CONSTRAINTS) -e '.[test,docs]'
 	touch $(STAMP)
