@@ -1,0 +1,206 @@
+"""The :class:`Monitor`: run metrics on a schedule during training, write records to sinks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from foresight._guard import preserved
+from foresight.monitor.metrics import Context, as_metric
+from foresight.monitor.sinks import History, Record, Sink
+from foresight.schedule import Schedule, every
+
+_UNITS = ("step", "epoch")
+_EVERY = every(1)
+
+
+class Monitor:
+    """Measure a model on a schedule while it trains, without changing the training.
+
+    Call :meth:`step` where your loop steps the optimizer and/or :meth:`epoch_end` at the end of
+    each epoch. ``schedule`` decides which calls measure: with ``unit="epoch"`` (the default) it
+    counts ``epoch_end()`` calls, with ``unit="step"`` it counts ``step()`` calls; both counters
+    start at 0 (the first call is step 0 / epoch 0), or take explicit ``step=``/``epoch=`` values.
+    A measurement runs every metric and writes one record -- ``step``, ``epoch``, the scalar
+    keyword values you passed (e.g. ``loss=``) and every metric's values -- to ``history`` and to
+    each sink.
+
+    Between measurements a call costs a counter increment and a schedule check (plus the gradient
+    noise tracker's step when a tracking :class:`~foresight.monitor.GradientNoise` is used).
+    A measurement never changes training: it runs inside :func:`foresight._guard.preserved` (mode,
+    hooks, ``.grad``, ``requires_grad`` and buffers restored) with the random number generators
+    forked (so perturbation or sampling noise does not shift your data order or dropout masks).
+
+    Args:
+        model: the model being trained.
+        metrics: names (``"ei"``, ``"gns"``, ``"causal"``), adapters from :mod:`foresight.monitor`
+            (:class:`EI`, :class:`GradientNoise`, :class:`InformationPlane`, :class:`CausalEI`) or
+            callables ``fn(model) -> float | dict``.
+        schedule: a :mod:`foresight.schedule` object (``every(n)``, ``log_spaced(...)``,
+            ``at(...)``) or any ``callable(int) -> bool``.
+        unit: ``"epoch"`` or ``"step"``: which counter the schedule reads.
+        sinks: where records go besides ``history`` (:class:`CSVSink`, :class:`TensorBoardSink`,
+            :class:`WandbSink`, or any object with ``write(record)`` and ``close()``).
+
+    Example:
+        >>> import torch
+        >>> from foresight.monitor import Function, Monitor
+        >>> from foresight.schedule import every
+        >>> model = torch.nn.Linear(4, 2)
+        >>> norm = lambda m: float(m.weight.norm())
+        >>> mon = Monitor(model, [Function(norm, name="w")], schedule=every(2), unit="step")
+        >>> for s in range(5):
+        ...     _ = mon.step(loss=0.1 * s)
+        >>> [(r["step"], r["loss"]) for r in mon.history]
+        [(0, 0.0), (2, 0.2), (4, 0.4)]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        metrics: Iterable[Any] = ("ei",),
+        *,
+        schedule: Schedule = _EVERY,
+        unit: str = "epoch",
+        sinks: Iterable[Sink] = (),
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Monitor: model must be a torch.nn.Module, got {type(model).__name__}")
+        if unit not in _UNITS:
+            raise ValueError(f"Monitor: unit must be 'step' or 'epoch', got {unit!r}")
+        if not callable(schedule):
+            raise TypeError("Monitor: schedule must be callable (see foresight.schedule)")
+        if isinstance(metrics, (str, bytes)) or callable(metrics):
+            metrics = [metrics]
+        self.model = model
+        self.metrics = [as_metric(m) for m in metrics]
+        names = [getattr(m, "name", "") for m in self.metrics]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"Monitor: metric names must be unique, repeated: {duplicates}")
+        self.schedule = schedule
+        self.unit = unit
+        self.sinks = list(sinks)
+        for sink in self.sinks:
+            if not all(callable(getattr(sink, a, None)) for a in ("write", "close")):
+                raise TypeError(f"Monitor: sink {sink!r} needs write(record) and close() methods")
+        self.history = History()
+        self.next_step = 0
+        self.next_epoch = 0
+        self._stepping = [m for m in self.metrics if callable(getattr(m, "after_step", None))]
+        self._closed = False
+        for m in self.metrics:
+            if callable(getattr(m, "attach", None)):
+                m.attach(model)
+
+    # -- the calls a training loop makes ------------------------------------------------------
+
+    def step(self, batch: Any = None, *, step: int | None = None, **values: Any) -> Record | None:
+        """Count one optimizer step; measure if ``unit="step"`` and the schedule fires.
+
+        Args:
+            batch: the current batch (some metrics, e.g. :class:`EI`, take an example input
+                from it).
+            step: this step's index (default: one more than the previous call's).
+            **values: scalars to store in the record (``loss=loss``); tensors are read only when a
+                measurement happens.
+
+        Returns:
+            The record written, or ``None`` when nothing was measured.
+        """
+        self._check_open()
+        index = self.next_step if step is None else int(step)
+        self.next_step = index + 1
+        context = Context(step=index, epoch=self.next_epoch, batch=batch, values=values)
+        for m in self._stepping:
+            m.after_step(self.model, context)
+        if self.unit == "step" and self.schedule(index):
+            return self._measure(context)
+        return None
+
+    def epoch_end(
+        self, batch: Any = None, *, epoch: int | None = None, **values: Any
+    ) -> Record | None:
+        """Count one epoch; measure if ``unit="epoch"`` and the schedule fires.
+
+        Arguments as in :meth:`step` (``epoch=`` instead of ``step=``). The record's ``step`` is
+        the number of ``step()`` calls so far.
+        """
+        self._check_open()
+        index = self.next_epoch if epoch is None else int(epoch)
+        self.next_epoch = index + 1
+        if self.unit == "epoch" and self.schedule(index):
+            context = Context(step=self.next_step, epoch=index, batch=batch, values=values)
+            return self._measure(context)
+        return None
+
+    def measure(self, batch: Any = None, **values: Any) -> Record:
+        """Measure now, whatever the schedule says (e.g. once before training starts)."""
+        self._check_open()
+        epoch = self.next_epoch if self.unit == "step" else max(self.next_epoch - 1, 0)
+        return self._measure(Context(step=self.next_step, epoch=epoch, batch=batch, values=values))
+
+    def close(self) -> None:
+        """Detach every metric (removing any hooks) and close the sinks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for m in self.metrics:
+            if callable(getattr(m, "close", None)):
+                m.close()
+        for sink in self.sinks:
+            sink.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("Monitor: this monitor was closed; create a new one")
+
+    def _measure(self, context: Context) -> Record:
+        record: Record = {"step": context.step, "epoch": context.epoch}
+        for key, value in context.values.items():
+            record[key] = _scalar(value, key)
+        with _isolated(self.model):
+            for m in self.metrics:
+                record.update(m.measure(self.model, context))
+        self.history.write(record)
+        for sink in self.sinks:
+            sink.write(record)
+        return record
+
+
+@contextlib.contextmanager
+def _isolated(model: nn.Module) -> Iterator[None]:
+    """Restore the model's state and every random number generator after measuring."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), preserved(model):
+        yield
+
+
+def _scalar(value: Any, key: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"Monitor: value {key!r} must be a scalar, got a tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        return float(value.detach().item())
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Monitor: value {key!r} must be a number or string, got {type(value).__name__}"
+        ) from None
