@@ -1,0 +1,258 @@
+r"""Per-layer sufficient statistics of EI, matrix-free for the built-in norms.
+
+For each layer we need only (i) the sum of the row entropies :math:`\sum_i H(P_i)` and (ii) the
+column masses :math:`c_j = \sum_i P_{ij}`, reduced to the four numbers that the degeneracy of any
+set of layers needs. With :math:`r = \text{relu}(W)`, :math:`s_i = \sum_j r_{ij}` and
+:math:`t_i = \sum_j r_{ij}\log_2 r_{ij}`, the lin_norm row entropy is
+
+.. math::
+    H(P_i) = \log_2 s_i - t_i / s_i,
+
+and :math:`c_j = \sum_i r_{ij}/s_i`. soft_norm and sig_norm use the same identity with
+:math:`e^{W}` and :math:`\sigma(W)`: unconnected outputs enter the dense row with weight 0, so
+writing :math:`g(w) = e^w - 1` (resp. :math:`\sigma(w) - 1/2`), which vanishes there, the row
+normaliser is :math:`Z_i = n_{out} + \sum_j g(W_{ij})` (resp. :math:`n_{out}/2 + \dots`) without
+counting the unconnected outputs. All sums :math:`\sum_j f(W_{ij})` and :math:`\sum_i u_i f(W_{ij})`
+come from the layer's :class:`~foresight.ei.registry.Connectivity` (a few convolutions).
+Compute is float32 (float64 for float64 weights) with float64 accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from foresight.ei.conv import compute_dtype
+from foresight.ei.norms import H, lin_norm, sig_norm, soft_norm
+from foresight.ei.registry import Connectivity, NotMatrixFree, Shape, find_builder, find_rule
+
+__all__ = ["LayerStats", "layer_stats", "DEFAULT_MAX_DENSE_BYTES"]
+
+#: Largest dense connectivity matrix (bytes) built for a custom norm or a non-matrix-free layer.
+DEFAULT_MAX_DENSE_BYTES = 1 << 30
+
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class LayerStats:
+    """What one layer contributes to determinism and degeneracy (float64 sums)."""
+
+    n_in: int
+    n_out: int
+    entropy_sum: float  # sum over input neurons of the row entropy (bits)
+    pos_mass: float  # sum of positive column masses
+    pos_xlogx: float  # sum of c log2 c over positive column masses
+    neg_mass: float  # sum of |c| over negative column masses (only with norm=None)
+    neg_xlogx: float  # sum of |c| log2 |c| over negative column masses
+
+    @property
+    def determinism(self) -> float:
+        return self.entropy_sum / self.n_in if self.n_in else 0.0
+
+    @property
+    def degeneracy(self) -> float:
+        return degeneracy_of([self])
+
+
+def degeneracy_of(stats: list[LayerStats]) -> float:
+    r"""Entropy of the concatenated column masses divided by their total, like the 2020 code
+    (terms with :math:`p \le 0` count 0)."""
+    pm = sum(s.pos_mass for s in stats)
+    px = sum(s.pos_xlogx for s in stats)
+    nm = sum(s.neg_mass for s in stats)
+    nx = sum(s.neg_xlogx for s in stats)
+    total = pm - nm
+    if total > 0:
+        return -(px - pm * math.log2(total)) / total
+    if total < 0:
+        return -(nx - nm * math.log2(-total)) / -total
+    return 0.0 if pm == 0 and nm == 0 else math.nan
+
+
+def _xlog2x(x: Tensor) -> Tensor:
+    return torch.where(x > 0, x * torch.log2(x.clamp_min(torch.finfo(x.dtype).tiny)), 0.0)
+
+
+def _column_stats(c: Tensor) -> tuple[float, float, float, float]:
+    c = c.to(torch.float64)
+    pos = c.clamp_min(0)
+    neg = (-c).clamp_min(0)
+    return (
+        float(pos.sum()),
+        float(_xlog2x(pos).sum()),
+        float(neg.sum()),
+        float(_xlog2x(neg).sum()),
+    )
+
+
+def _stats(n_in: int, n_out: int, entropies: Tensor, c: Tensor) -> LayerStats:
+    pm, px, nm, nx = _column_stats(c)
+    return LayerStats(n_in, n_out, float(entropies.sum(dtype=torch.float64)), pm, px, nm, nx)
+
+
+def _safe_div_log(z: Tensor, t: Tensor) -> Tensor:
+    """:math:`\\log_2 z - t / z`, 0 where z == 0."""
+    ok = z > 0
+    zz = torch.where(ok, z, torch.ones_like(z))
+    return torch.where(ok, torch.log2(zz) - t / zz, torch.zeros_like(z))
+
+
+def _relu_xlog2x(w: Tensor) -> Tensor:
+    return _xlog2x(F.relu(w))
+
+
+def _lin(conn: Connectivity) -> LayerStats:
+    s, t = conn.rows([F.relu, _relu_xlog2x])
+    h = _safe_div_log(s, t)
+    u = torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+    return _stats(conn.n_in, conn.n_out, h, conn.cols(F.relu, u))
+
+
+def _none(conn: Connectivity) -> LayerStats:
+    (t,) = conn.rows([_xlog2x])
+    ones = torch.ones_like(t)
+    return _stats(conn.n_in, conn.n_out, -t, conn.cols(lambda w: w, ones))
+
+
+def _soft_g(w: Tensor) -> Tensor:
+    return torch.expm1(w)
+
+
+def _soft_t(w: Tensor) -> Tensor:
+    return w * torch.exp(w) / _LN2
+
+
+def _soft(conn: Connectivity) -> LayerStats:
+    g, t = conn.rows([_soft_g, _soft_t])
+    z = g.to(torch.float64) + conn.n_out
+    h = torch.log2(z) - t.to(torch.float64) / z
+    inv = 1.0 / z
+    c = inv.sum() + conn.cols(_soft_g, inv.to(g.dtype)).to(torch.float64)
+    return _stats(conn.n_in, conn.n_out, h, c)
+
+
+def _sig_g(w: Tensor) -> Tensor:
+    return torch.sigmoid(w) - 0.5
+
+
+def _sig_t(w: Tensor) -> Tensor:
+    s = torch.sigmoid(w)
+    return s * torch.log2(s) + 0.5
+
+
+def _sig(conn: Connectivity) -> LayerStats:
+    g, t = conn.rows([_sig_g, _sig_t])
+    z = g.to(torch.float64) + conn.n_out / 2
+    tt = t.to(torch.float64) - conn.n_out / 2
+    h = torch.log2(z) - tt / z
+    inv = 1.0 / z
+    c = 0.5 * inv.sum() + conn.cols(_sig_g, inv.to(g.dtype)).to(torch.float64)
+    return _stats(conn.n_in, conn.n_out, h, c)
+
+
+_MATRIX_FREE: dict[Callable, Callable[[Connectivity], LayerStats]] = {}
+
+
+def _matrix_free_for(norm: Callable | None) -> Callable[[Connectivity], LayerStats] | None:
+    if norm is None:
+        return _none
+    if norm is lin_norm:
+        return _lin
+    if norm is soft_norm:
+        return _soft
+    if norm is sig_norm:
+        return _sig
+    return None
+
+
+def _dense(
+    module: nn.Module,
+    name: str,
+    in_shape: Shape,
+    out_shape: Shape,
+    norm: Callable | None,
+    device: torch.device,
+    max_bytes: int,
+    n_in: int,
+    n_out: int,
+    why: str,
+) -> LayerStats:
+    need = n_in * n_out * 8
+    if need > max_bytes:
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}): {why}, and its dense {n_in} x {n_out} "
+            f"connectivity matrix needs about {need / 2**30:.2f} GiB, more than max_dense_bytes="
+            f"{max_bytes}. Use a built-in norm (lin_norm, soft_norm, sig_norm or None), which is "
+            "computed without the matrix, or raise max_dense_bytes."
+        )
+    builder = find_builder(module)
+    if builder is None:
+        raise ValueError(f"layer {name!r} ({type(module).__name__}) has no dense builder: {why}")
+    W = builder(module, in_shape, out_shape).to(device)
+    if W.dtype not in (torch.float32, torch.float64):
+        W = W.float()
+    P = norm(W) if norm is not None else W
+    return _stats(P.shape[0], P.shape[1], H(P, dim=1), P.sum(0))
+
+
+def _param_dtype(
+    module: nn.Module, default: torch.dtype
+) -> tuple[torch.dtype, torch.device | None]:
+    for p in module.parameters(recurse=False):
+        if p.is_floating_point():
+            return compute_dtype(p), p.device
+    return default, None
+
+
+def layer_stats(
+    module: nn.Module,
+    name: str,
+    in_shape: Shape,
+    out_shape: Shape,
+    norm: Callable | None,
+    device: torch.device | None,
+    default_dtype: torch.dtype,
+    default_device: torch.device,
+    max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+) -> LayerStats:
+    """Row-entropy sum and column-mass statistics of one layer under ``norm``."""
+    for pname, p in module.named_parameters(recurse=False):
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise ValueError(
+                f"layer {name!r} ({type(module).__name__}) has non-finite values (NaN or inf) "
+                f"in its parameter {pname!r}; EI is undefined"
+            )
+    dtype, pdev = _param_dtype(module, default_dtype)
+    dev = torch.device(device) if device is not None else (pdev or default_device)
+    compute = _matrix_free_for(norm)
+    rule = find_rule(module)
+    why = "a custom norm needs the dense matrix"
+    conn = None
+    n_in = n_out = -1
+    if rule is not None:
+        try:
+            conn = rule(module, in_shape, out_shape, dev, dtype)
+            n_in, n_out = conn.n_in, conn.n_out
+        except NotMatrixFree as exc:
+            why = f"it cannot be evaluated matrix-free ({exc})"
+            n_in, n_out = exc.n_in, exc.n_out
+    else:
+        why = "its type has only a dense builder"
+    if compute is not None and conn is not None:
+        return compute(conn)
+    if n_in < 0 or n_out < 0:  # a dense-only type: guard with the per-example sizes
+        n_in, n_out = _count(in_shape[1:]), _count(out_shape[1:])
+    return _dense(module, name, in_shape, out_shape, norm, dev, max_dense_bytes, n_in, n_out, why)
+
+
+def _count(shape: Shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
