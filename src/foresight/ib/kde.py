@@ -100,6 +100,36 @@ def kde_entropy_nats(
     return const - float((lse - math.log(n)).mean())
 
 
+def kde_information_bits(
+    t: torch.Tensor,
+    label_sets: list[tuple[torch.Tensor, int]],
+    noise_var: float,
+    bound: str = "upper",
+    chunk_size: int | None = None,
+) -> tuple[list[float], float]:
+    """``([I(S_1;T), I(S_2;T), ...], H(T))`` in bits, sharing one pass over all pairs.
+
+    ``label_sets`` holds ``(labels, k)``: dense labels ``0..k-1`` of each symbolic variable.
+    """
+    scale = kernel_scale(noise_var, bound)
+    t64 = t.to(torch.float64)
+    n, d = t64.shape
+    lse_all = log_kernel_sums(t64, t64, scale, chunk_size)
+    centred_all = lse_all - math.log(n)
+    mis = []
+    for labels, k in label_sets:
+        counts = torch.bincount(labels, minlength=k).to(torch.float64)
+        if k == n:  # every symbol is one sample: the within-class sum is exp(0) = 1
+            within = torch.zeros(n, dtype=torch.float64, device=t64.device)
+        else:
+            within = _within_class_sums(t64, labels, k, scale, chunk_size)
+        mi = float(((within - torch.log(counts[labels])) - centred_all).mean())
+        mis.append(mi / math.log(2))
+    const = 0.5 * d * math.log(2 * math.pi * math.e * positive_float(noise_var, "noise_var"))
+    h = (const - float(centred_all.mean())) / math.log(2)
+    return mis, h
+
+
 def kde_mi_bits(
     t: torch.Tensor,
     labels: torch.Tensor,
@@ -109,16 +139,5 @@ def kde_mi_bits(
     chunk_size: int | None = None,
 ) -> tuple[float, float]:
     """``(I(S;T), H(T))`` in bits for continuous ``t [N, d]`` and dense labels ``0..k-1`` of S."""
-    scale = kernel_scale(noise_var, bound)
-    t64 = t.to(torch.float64)
-    n, d = t64.shape
-    lse_all = log_kernel_sums(t64, t64, scale, chunk_size)
-    counts = torch.bincount(labels, minlength=k).to(torch.float64)
-    if k == n:  # every symbol is one sample: the within-class sum is exp(0) = 1
-        within = torch.zeros(n, dtype=torch.float64, device=t64.device)
-    else:
-        within = _within_class_sums(t64, labels, k, scale, chunk_size)
-    mi = float(((within - torch.log(counts[labels])) - (lse_all - math.log(n))).mean())
-    const = 0.5 * d * math.log(2 * math.pi * math.e * positive_float(noise_var, "noise_var"))
-    h = const - float((lse_all - math.log(n)).mean())
-    return mi / math.log(2), h / math.log(2)
+    mis, h = kde_information_bits(t, [(labels, k)], noise_var, bound, chunk_size)
+    return mis[0], h

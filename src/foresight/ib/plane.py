@@ -1,0 +1,290 @@
+r"""The information plane: :math:`(I(X;T), I(T;Y))` for every hidden representation :math:`T`.
+
+``X`` is uniform over the ``N`` given samples (each sample is its own value of X), ``Y`` the given
+labels, and ``T`` a layer's output, captured with forward hooks.
+
+* ``method="binning"`` (Shwartz-Ziv & Tishby 2017): ``T`` is binned, so it is a deterministic
+  function of X and :math:`I(X;T) = H(\mathrm{bin}(T)) \le \log_2 N`, and
+  :math:`I(T;Y) = H(T) + H(Y) - H(T, Y) \le H(Y)` (plug-in).
+* ``method="kde"`` (Kolchinsky & Tracey 2017; Saxe et al. 2018): ``T`` plus Gaussian noise of
+  variance ``noise_var``; pairwise upper or lower bounds on both terms.
+
+Both values depend on the bin width or ``noise_var``; for a deterministic network the true
+:math:`I(X;T)` is constant (discrete X) and "compression" measured this way is geometric
+clustering of the representation. Report the estimator with every number: the results carry it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from foresight._guard import preserved
+from foresight._result import Result
+from foresight.ib._samples import as_samples, positive_int, same_length
+from foresight.ib.discrete import discrete_mi_from_labels, entropy_of_labels, row_labels
+from foresight.ib.estimators import check_options, labels_for
+from foresight.ib.kde import kde_information_bits
+from foresight.ib.layers import OUTPUT, default_layers
+
+PLANE_METHODS = ("binning", "kde")
+
+
+@dataclass
+class LayerInformation(Result):
+    """One point of the information plane.
+
+    Attributes:
+        name: module name (``"output"`` for the model's output).
+        i_xt: :math:`I(X;T)` in bits.
+        i_ty: :math:`I(T;Y)` in bits.
+        h_t: entropy of T in bits (binned: plug-in; KDE: the bound on the differential entropy
+            of T plus noise, which can be negative).
+        n_states: number of distinct states of T (occupied bins; distinct rows for KDE).
+        width: number of units of T (features per sample).
+        method: the estimator.
+        options: the estimator's parameters, defaults filled in.
+    """
+
+    name: str
+    i_xt: float
+    i_ty: float
+    h_t: float
+    n_states: int
+    width: int
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InformationPlane(Result):
+    """Every layer's point of the information plane, with what is needed to read it.
+
+    Attributes:
+        layers: one :class:`LayerInformation` per representation, input to output.
+        n_samples: N; :math:`I(X;T) \\le \\log_2 N`.
+        h_y: plug-in entropy of the labels in bits; :math:`I(T;Y) \\le H(Y)` for binning.
+        method: the estimator.
+        options: the estimator's parameters, defaults filled in.
+    """
+
+    layers: list[LayerInformation]
+    n_samples: int
+    h_y: float
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> LayerInformation:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer {name!r}; layers are {[la.name for la in self.layers]}")
+
+
+def effective_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The estimator's parameters with the defaults filled in (what the results report)."""
+    if method == "binning":
+        if options.get("bin_size") is not None:
+            return {"bin_size": float(options["bin_size"])}
+        rng = options.get("range")
+        return {
+            "bins": int(options.get("bins") or 30),
+            "range": "data" if rng is None else tuple(float(v) for v in rng),
+        }
+    return {
+        "noise_var": float(options.get("noise_var", 0.1)),
+        "bound": options.get("bound", "upper"),
+    }
+
+
+def _check_method(method: str, options: dict[str, Any]) -> None:
+    if method not in PLANE_METHODS:
+        raise ValueError(
+            f"information_plane supports method='binning' or 'kde', got {method!r} "
+            "(use mutual_information for the other estimators)"
+        )
+    check_options(method, options)
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    modules = dict(model.named_modules())
+    if layers is None:
+        return default_layers(model)
+    if isinstance(layers, str):
+        raise TypeError("layers must be a list of module names, e.g. layers=['1', '3']")
+    names = list(layers)
+    for name in names:
+        if name != OUTPUT and name not in modules:
+            raise ValueError(
+                f"layers: no module named {name!r} in the model; names are "
+                f"{[n for n in modules if n][:20]} (or 'output' for the model's output)"
+            )
+    return names
+
+
+def collect_representations(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: Sequence[str] | None = None,
+    batch_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Each chosen layer's output on ``inputs`` as an ``[N, width]`` tensor (and ``"output"``).
+
+    Runs the model in eval mode under ``no_grad`` in batches; the model is restored exactly
+    (mode, hooks, buffers, grads). Layers whose output is not a tensor are skipped with a
+    warning; a layer called more than once per forward pass raises :class:`ValueError`.
+    """
+    names = _resolve_layers(model, layers)
+    user_named = layers is not None
+    want_output = OUTPUT in names if user_named else True
+    hooked = [n for n in names if n != OUTPUT]
+    modules = dict(model.named_modules())
+    n = inputs.shape[0]
+    step = n if batch_size is None else positive_int(batch_size, "batch_size")
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in hooked}
+    skipped: set[str] = set()
+    outputs: list[torch.Tensor] = []
+    last_is_output = bool(hooked)
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not isinstance(out, torch.Tensor):
+                skipped.add(name)
+                return
+            store[name].append(out.detach().reshape(out.shape[0], -1))
+
+        return hook
+
+    with preserved(model):
+        model.eval()
+        for name in hooked:
+            modules[name].register_forward_hook(make_hook(name))
+        with torch.no_grad():
+            for start in range(0, n, step):
+                batch = inputs[start : start + step]
+                out = model(batch)
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError(
+                        "information_plane: the model's output is not a tensor "
+                        f"({type(out).__name__}); wrap the model to return one tensor"
+                    )
+                outputs.append(out.detach().reshape(out.shape[0], -1))
+                if hooked and not _same_tensor(store[hooked[-1]], outputs[-1]):
+                    last_is_output = False
+                expected = len(outputs)
+                for name in hooked:
+                    if name not in skipped and len(store[name]) != expected:
+                        raise ValueError(
+                            f"layer {name!r} ran {len(store[name]) - expected + 1} times in one "
+                            "forward pass (a shared module); name a module used once"
+                        )
+    result: dict[str, torch.Tensor] = {}
+    for name in hooked:
+        if name in skipped:
+            warnings.warn(
+                f"information_plane: layer {name!r} does not output a tensor; skipped",
+                stacklevel=3,
+            )
+            continue
+        result[name] = torch.cat(store[name]) if len(store[name]) > 1 else store[name][0]
+    if want_output and not (not user_named and last_is_output and hooked[-1] in result):
+        result[OUTPUT] = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    return result
+
+
+def _same_tensor(captured: list[torch.Tensor], out: torch.Tensor) -> bool:
+    """Whether the last captured tensor is (a view of the same memory as) the model output."""
+    if not captured:
+        return False
+    last = captured[-1]
+    return last.data_ptr() == out.data_ptr() and last.shape == out.shape
+
+
+def _label_symbols(labels: torch.Tensor) -> torch.Tensor:
+    y = as_samples(labels, "labels")
+    if y.is_floating_point():
+        raise ValueError(
+            f"labels must be integer class labels (or bool), got {y.dtype}; e.g. labels.long()"
+        )
+    return y.to(torch.int64)
+
+
+def information_plane(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    layers: Sequence[str] | None = None,
+    method: str = "binning",
+    batch_size: int | None = None,
+    **options: Any,
+) -> InformationPlane:
+    r"""Estimate :math:`I(X;T)` and :math:`I(T;Y)` for each hidden representation ``T``.
+
+    Args:
+        model: the network; left exactly as it was (mode, hooks, buffers, grads).
+        inputs: ``[N, ...]`` samples; X is uniform over them.
+        labels: ``[N]`` integer labels Y (rows of an ``[N, k]`` integer tensor are symbols).
+        layers: module names (from ``model.named_modules()``; ``"output"`` for the model's
+            output). Default: each activation module that follows a weight layer, then the
+            model's output (unless the last such activation already is the output).
+        method: ``"binning"`` (options ``bins=30``, ``range=(lo, hi)`` or ``bin_size``) or
+            ``"kde"`` (options ``noise_var=0.1``, ``bound="upper"|"lower"``, ``chunk_size``).
+        batch_size: forward the inputs in batches of this size (default: all at once).
+        **options: the estimator's options.
+
+    Returns:
+        An :class:`InformationPlane` with one :class:`LayerInformation` per layer.
+
+    With binning, :math:`I(X;T) = H(T) \le \log_2 N` and :math:`I(T;Y) \le H(Y)`:
+
+    >>> torch.manual_seed(0) and None
+    >>> net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 2), nn.Softmax(dim=1))
+    >>> x = torch.randint(0, 2, (256, 12)).float()
+    >>> y = (x.sum(1) > 6).long()
+    >>> plane = information_plane(net, x, y, bins=30, range=(-1, 1))
+    >>> [layer.name for layer in plane.layers]
+    ['1', '3']
+    >>> all(la.i_xt <= 8 and la.i_ty <= plane.h_y + 1e-12 for la in plane.layers)
+    True
+    """
+    _check_method(method, options)
+    x = as_samples(inputs, "inputs")
+    y = _label_symbols(labels)
+    same_length(x, y, "inputs", "labels")
+    reps = collect_representations(model, inputs, layers, batch_size)
+    if not reps:
+        raise ValueError("information_plane: no layer produced a tensor; pass layers=[...]")
+    y_labels, ky = row_labels(y)
+    n = y_labels.shape[0]
+    h_y = entropy_of_labels(y_labels)
+    params = effective_options(method, options)
+    points = []
+    for name, t in reps.items():
+        t = as_samples(t, f"the output of layer {name!r}")
+        if method == "binning":
+            t_labels, kt = labels_for(
+                t, options.get("bins"), options.get("bin_size"), options.get("range")
+            )
+            h_t = entropy_of_labels(t_labels)
+            i_xt, i_ty = h_t, discrete_mi_from_labels(t_labels, kt, y_labels, ky)
+            n_states = kt
+        else:
+            index = torch.arange(n, device=t.device)
+            (i_xt, i_ty), h_t = kde_information_bits(
+                t,
+                [(index, n), (y_labels.to(t.device), ky)],
+                params["noise_var"],
+                params["bound"],
+                options.get("chunk_size"),
+            )
+            n_states = int(torch.unique(t, dim=0).shape[0])
+        points.append(
+            LayerInformation(name, i_xt, i_ty, h_t, n_states, t.shape[1], method, dict(params))
+        )
+    return InformationPlane(points, n, h_y, method, params)
+
