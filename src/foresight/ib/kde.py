@@ -44,48 +44,73 @@ def kernel_scale(noise_var: float, bound: str) -> float:
     return _BOUND_SCALE[bound] * positive_float(noise_var, "noise_var")
 
 
-def log_kernel_sums(
-    a: torch.Tensor, b: torch.Tensor, scale: float, chunk_size: int | None = None
-) -> torch.Tensor:
-    r"""``out[i] = ln sum_j exp(-|a_i - b_j|^2 / scale)`` for float64 ``a [M, d]``, ``b [N, d]``.
+def _kernel_sums(
+    t: torch.Tensor,
+    scale: float,
+    chunk_size: int | None = None,
+    bounds: list[int] | None = None,
+    labels: torch.Tensor | None = None,
+    masked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Row sums of the kernel :math:`K_{ij} = e^{-D_{ij}/c}` over all ``j`` and over ``j``'s class.
 
-    Chunked over the rows of ``a``; memory stays ``O(rows * N)``.
+    ``t`` is ``[N, d]``. Returns ``(log sum_j K_ij, log sum_{j in class(i)} K_ij or None)``.
+    With ``bounds``, the rows of ``t`` are sorted by class and class ``c`` occupies rows
+    ``bounds[c]:bounds[c+1]``: the within-class sums are segment sums of the same block. With
+    ``masked``, other classes are masked out instead (any number of classes, one extra pass).
+    Every row includes ``K_ii = 1``, so the sums are at least 1 and need no max-shift. Chunks of
+    ``rows x N`` (about ``2**18`` entries) stay in cache.
     """
-    rows = chunk_rows(a.shape[0], b.shape[0], chunk_size)
-    sq_a = (a * a).sum(dim=1)
-    sq_b = (b * b).sum(dim=1)
-    bt = b.t()
-    out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
-    for start in range(0, a.shape[0], rows):
-        stop = min(start + rows, a.shape[0])
-        d = torch.addmm(sq_b.unsqueeze(0), a[start:stop], bt, beta=1.0, alpha=-2.0)
-        d.add_(sq_a[start:stop].unsqueeze(1)).clamp_(min=0.0).mul_(-1.0 / scale)
-        out[start:stop] = torch.logsumexp(d, dim=1)
-    return out
-
-
-def _within_class_sums(
-    t: torch.Tensor, labels: torch.Tensor, k: int, scale: float, chunk_size: int | None
-) -> torch.Tensor:
-    """``ln sum_{j: s_j = s_i} exp(-D_ij / scale)`` for every ``i``."""
     n = t.shape[0]
-    out = torch.empty(n, dtype=t.dtype, device=t.device)
-    if k <= _MANY_CLASSES:
-        for c in range(k):
-            idx = torch.nonzero(labels == c).squeeze(1)
-            if idx.numel():
-                sub = t.index_select(0, idx)
-                out[idx] = log_kernel_sums(sub, sub, scale, chunk_size)
-        return out
-    rows = chunk_rows(n, n, chunk_size)
-    sq = (t * t).sum(dim=1)
+    rows = chunk_rows(n, n, chunk_size, budget=1 << 18)
+    sq = (t * t).sum(dim=1) / scale
+    neg_sq = -sq.unsqueeze(0)
+    bt = t.t() * (2.0 / scale)
+    total = torch.empty(n, dtype=torch.float64, device=t.device)
+    within = None if bounds is None and not masked else torch.empty_like(total)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        d = torch.addmm(sq.unsqueeze(0), t[start:stop], t.t(), beta=1.0, alpha=-2.0)
-        d.add_(sq[start:stop].unsqueeze(1)).clamp_(min=0.0).mul_(-1.0 / scale)
-        d.masked_fill_(labels[start:stop].unsqueeze(1) != labels.unsqueeze(0), -math.inf)
-        out[start:stop] = torch.logsumexp(d, dim=1)
-    return out
+        k = torch.mm(t[start:stop], bt)
+        k.add_(neg_sq).sub_(sq[start:stop].unsqueeze(1)).clamp_(max=0.0).exp_()
+        if bounds is not None and within is not None and labels is not None:
+            seg = torch.stack(
+                [k[:, lo:hi].sum(dim=1) for lo, hi in zip(bounds[:-1], bounds[1:])], dim=1
+            )
+            total[start:stop] = seg.sum(dim=1)
+            within[start:stop] = seg.gather(1, labels[start:stop].unsqueeze(1)).squeeze(1)
+        else:
+            total[start:stop] = k.sum(dim=1)
+            if within is not None and labels is not None:
+                k.masked_fill_(labels[start:stop].unsqueeze(1) != labels.unsqueeze(0), 0.0)
+                within[start:stop] = k.sum(dim=1)
+    return total.log_(), None if within is None else within.log_()
+
+
+def _within_class(
+    t: torch.Tensor, labels: torch.Tensor, k: int, scale: float, chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log all-sums, log within-class sums)`` per sample, in the original sample order."""
+    n = t.shape[0]
+    if k > _MANY_CLASSES:
+        total, within = _kernel_sums(t, scale, chunk_size, labels=labels, masked=True)
+        assert within is not None
+        return total, within
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=k)
+    bounds = [0, *torch.cumsum(counts, 0).tolist()]
+    total_s, within_s = _kernel_sums(
+        t.index_select(0, order), scale, chunk_size, bounds, labels.index_select(0, order)
+    )
+    assert within_s is not None
+    total = torch.empty(n, dtype=torch.float64, device=t.device)
+    within = torch.empty_like(total)
+    total[order] = total_s
+    within[order] = within_s
+    return total, within
+
+
+def _working(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64)
 
 
 def kde_entropy_nats(
@@ -93,9 +118,9 @@ def kde_entropy_nats(
 ) -> float:
     """The pairwise bound on the differential entropy (nats) of ``t [N, d]`` plus noise."""
     scale = kernel_scale(noise_var, bound)
-    t64 = t.to(torch.float64)
+    t64 = _working(t)
     n, d = t64.shape
-    lse = log_kernel_sums(t64, t64, scale, chunk_size)
+    lse, _ = _kernel_sums(t64, scale, chunk_size)
     const = 0.5 * d * math.log(2 * math.pi * math.e * positive_float(noise_var, "noise_var"))
     return const - float((lse - math.log(n)).mean())
 
@@ -112,19 +137,30 @@ def kde_information_bits(
     ``label_sets`` holds ``(labels, k)``: dense labels ``0..k-1`` of each symbolic variable.
     """
     scale = kernel_scale(noise_var, bound)
-    t64 = t.to(torch.float64)
+    t64 = _working(t)
     n, d = t64.shape
-    lse_all = log_kernel_sums(t64, t64, scale, chunk_size)
+    lse_all: torch.Tensor | None = None
+    withins: list[torch.Tensor | None] = []
+    for labels, k in label_sets:
+        if k == n:  # every symbol is one sample: the within-class sum is K_ii = 1
+            withins.append(torch.zeros(n, dtype=torch.float64, device=t64.device))
+        elif k == 1:  # one class: within-class sums are the full sums
+            withins.append(None)
+        else:
+            total, within = _within_class(t64, labels.to(t64.device), k, scale, chunk_size)
+            lse_all = total if lse_all is None else lse_all
+            withins.append(within)
+    if lse_all is None:
+        lse_all, _ = _kernel_sums(t64, scale, chunk_size)
     centred_all = lse_all - math.log(n)
     mis = []
-    for labels, k in label_sets:
-        counts = torch.bincount(labels, minlength=k).to(torch.float64)
-        if k == n:  # every symbol is one sample: the within-class sum is exp(0) = 1
-            within = torch.zeros(n, dtype=torch.float64, device=t64.device)
-        else:
-            within = _within_class_sums(t64, labels, k, scale, chunk_size)
-        mi = float(((within - torch.log(counts[labels])) - centred_all).mean())
-        mis.append(mi / math.log(2))
+    for (labels, k), within in zip(label_sets, withins):
+        if within is None:
+            mis.append(0.0)
+            continue
+        counts = torch.bincount(labels.to(t64.device), minlength=k).to(torch.float64)
+        log_counts = torch.log(counts)[labels.to(t64.device)]
+        mis.append(float(((within - log_counts) - centred_all).mean()) / math.log(2))
     const = 0.5 * d * math.log(2 * math.pi * math.e * positive_float(noise_var, "noise_var"))
     h = (const - float(centred_all.mean())) / math.log(2)
     return mis, h
