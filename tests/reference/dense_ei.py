@@ -1,8 +1,8 @@
 """Brute-force EI from the definition, independent of ``foresight.ei``.
 
-Each layer's connectivity matrix is the Jacobian (by autograd) of the bias-free layer applied to one
-example, transposed to (inputs x outputs); norms, entropies, determinism and degeneracy are written
-out from their definitions (SCIENCE.md section 1). Everything in float64.
+Each layer's connectivity matrix is the Jacobian (torch.func.jacfwd/jacrev) of the bias-free layer
+applied to one example, transposed to (inputs x outputs); norms, entropies, determinism and
+degeneracy are written out from their definitions (SCIENCE.md section 1). Everything in float64.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ def jacobian_matrix(module: nn.Module, example_shape: tuple[int, ...]) -> torch.
     def f(x: torch.Tensor) -> torch.Tensor:
         return layer(x.reshape(1, *example_shape)).reshape(-1)
 
-    J = torch.autograd.functional.jacobian(f, torch.zeros(n_in, dtype=torch.float64))
-    return J.T.contiguous()
+    x0 = torch.zeros(n_in, dtype=torch.float64)
+    n_out = f(x0).numel()
+    J = (torch.func.jacfwd(f) if n_in <= n_out else torch.func.jacrev(f))(x0)
+    return J.detach().T.contiguous()
 
 
 def normalise(W: torch.Tensor, norm: str | None) -> torch.Tensor:
