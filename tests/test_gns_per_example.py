@@ -26,6 +26,7 @@ def check(model, x, y, loss_fn=mse, *, no_fallback=True, monkeypatch=None):
     x = x.double() if x.is_floating_point() else x
     y = y.double()
     if no_fallback and monkeypatch is not None:
+
         def boom(*a, **k):
             raise AssertionError("fallback used where a rule exists")
 
@@ -248,9 +249,7 @@ class Functional(nn.Module):
 
 
 def test_tied_embedding_and_head(monkeypatch):
-    check(
-        TiedLM(), torch.randint(0, 7, (5, 3)), torch.randn(5, 3, 7), monkeypatch=monkeypatch
-    )
+    check(TiedLM(), torch.randint(0, 7, (5, 3)), torch.randn(5, 3, 7), monkeypatch=monkeypatch)
 
 
 def test_module_called_twice(monkeypatch):
@@ -265,6 +264,7 @@ def test_sum_reduction_and_cross_entropy():
     model = nn.Sequential(nn.Linear(5, 8), nn.GELU(), nn.Linear(8, 3)).double()
     x, y = torch.randn(6, 5).double(), torch.randint(0, 3, (6,))
     for red in ("mean", "sum"):
+
         def loss_fn(out, t, red=red):
             return F.cross_entropy(out, t, reduction=red)
 
@@ -280,8 +280,10 @@ def test_frozen_parameters_are_excluded():
     got, _ = per_parameter_sq_norms(model, mse, x, y)
     assert "0.weight" not in got
     torch.testing.assert_close(
-        per_example_sq_norms(model, mse, x, y), per_example_sq_norms_loop(model, mse, x, y),
-        rtol=RTOL, atol=0,
+        per_example_sq_norms(model, mse, x, y),
+        per_example_sq_norms_loop(model, mse, x, y),
+        rtol=RTOL,
+        atol=0,
     )
 
 

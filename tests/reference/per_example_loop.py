@@ -19,9 +19,7 @@ def per_example_grads(
     for i in range(args[0].shape[0]):
         loss = loss_fn(model(*(x[i : i + 1] for x in args)), targets[i : i + 1])
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-        out.append(
-            {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, grads)}
-        )
+        out.append({n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, grads)})
     return out
 
 

@@ -5,11 +5,33 @@
   and :math:`B_\\text{simple}`;
 * :func:`b_noise` -- the Hessian-aware :math:`B_\\text{noise}`;
 * :class:`GradientNoiseScale` -- the tracker for training loops (accumulation, DDP, loss scaling);
-* :mod:`foresight.gns.planning` -- steps/examples and learning-rate scaling at a batch size.
+* :func:`steps_needed`, :func:`examples_needed`, :func:`optimal_lr`, :func:`suggested_batch_size`
+  -- batch-size planning.
 """
 
 from __future__ import annotations
 
+from foresight.gns.estimators import NoiseScale, noise_scale, two_batch
+from foresight.gns.hessian import b_noise
 from foresight.gns.per_example import per_example_sq_norms, per_parameter_sq_norms
+from foresight.gns.planning import (
+    examples_needed,
+    optimal_lr,
+    steps_needed,
+    suggested_batch_size,
+)
+from foresight.gns.tracker import GradientNoiseScale
 
-__all__ = ["per_example_sq_norms", "per_parameter_sq_norms"]
+__all__ = [
+    "GradientNoiseScale",
+    "NoiseScale",
+    "b_noise",
+    "examples_needed",
+    "noise_scale",
+    "optimal_lr",
+    "per_example_sq_norms",
+    "per_parameter_sq_norms",
+    "steps_needed",
+    "suggested_batch_size",
+    "two_batch",
+]

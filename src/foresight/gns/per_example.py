@@ -123,10 +123,10 @@ def check_no_coupling(model: nn.Module) -> None:
         )
 
 
-def graph_uses(root: Tensor) -> Counter:
-    """How many times each leaf tensor (by ``id``) enters the autograd graph of ``root``."""
+def graph_uses(*roots: Tensor) -> Counter:
+    """How many times each leaf tensor (by ``id``) enters the autograd graph of ``roots``."""
     uses: Counter = Counter()
-    stack = [root.grad_fn]
+    stack = [r.grad_fn for r in roots]
     seen: set = set()
     while stack:
         fn = stack.pop()

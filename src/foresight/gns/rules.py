@@ -71,8 +71,7 @@ def coupled_batch_norms(model: nn.Module) -> list[str]:
     return [
         name or type(model).__name__
         for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and (m.training or m.running_mean is None)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
     ]
 
 
