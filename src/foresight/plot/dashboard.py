@@ -10,7 +10,7 @@ course of training.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,8 @@ def training_dashboard(
     *,
     x: str = "epoch",
     losses: Sequence[str] = ("train_loss", "test_loss"),
+    losses_for: Mapping[str, Sequence[str]] | None = None,
+    exclude: Sequence[str] = (),
     planes: bool = True,
     ncols: int = 2,
     logx: bool = False,
@@ -68,6 +70,9 @@ def training_dashboard(
             columns.
         x: the horizontal axis column (``"epoch"`` or ``"step"``).
         losses: loss columns drawn (dashed, right axis) in every panel; those missing are skipped.
+        losses_for: other loss columns for the panels whose keys start with a given prefix, e.g.
+            ``{"i_xt/": ("hidden_train_loss",)}`` when two networks share one history.
+        exclude: columns not to draw as panels of their own.
         planes: also draw the information plane (I(X;T), I(T;Y)) and the causal plane
             (sensitivity, degeneracy) of each layer, points coloured by ``x``, when present.
         ncols: panels per row.
@@ -89,8 +94,9 @@ def training_dashboard(
     if x not in cols:
         raise ValueError(f"training_dashboard: history has no {x!r} column (has {sorted(cols)})")
     loss_keys = [k for k in losses if k in cols]
+    special = {p: [k for k in ks if k in cols] for p, ks in (losses_for or {}).items()}
     drawn: list[tuple[Panel, list[str]]] = []
-    used = {x, "step", "epoch", *loss_keys}
+    used = {x, "step", "epoch", *loss_keys, *exclude, *(k for ks in special.values() for k in ks)}
     for panel in PANELS:
         keys = panel.select(cols)
         if keys:
@@ -112,7 +118,8 @@ def training_dashboard(
     )
     flat = list(axes.flat)
     for ax, (panel, keys) in zip(flat, drawn):
-        _draw_panel(ax, cols, x, panel, keys, loss_keys, logx)
+        own = next((ks for p, ks in special.items() if keys and keys[0].startswith(p)), loss_keys)
+        _draw_panel(ax, cols, x, panel, keys, own, logx)
     for ax, (ptitle, xlabel, ylabel, pairs) in zip(flat[len(drawn):], plane_specs):
         _draw_plane(fig, ax, cols, x, ptitle, xlabel, ylabel, pairs)
     for ax in flat[n:]:
@@ -131,8 +138,13 @@ def _draw_panel(ax, cols, x, panel, keys, loss_keys, logx) -> None:
     ax.set_title(panel.title, fontsize="medium")
     ax.set_xlabel(x)
     ax.set_ylabel(panel.ylabel)
-    if panel.logy and all(v > 0 for k in keys for v in series(cols, x, k)[1]):
-        ax.set_yscale("log")
+    if panel.logy:
+        values = [abs(v) for k in keys for v in series(cols, x, k)[1]]
+        if values and min(values) > 0 and all(v > 0 for k in keys for v in series(cols, x, k)[1]):
+            ax.set_yscale("log")
+        elif values and max(values) > 0:  # unbiased estimates can be negative: symmetric log
+            positive = sorted(v for v in values if v > 0)
+            ax.set_yscale("symlog", linthresh=positive[len(positive) // 10])
     if logx:
         ax.set_xscale("symlog", linthresh=1.0)
     handles = list(ax.get_lines())
@@ -140,7 +152,8 @@ def _draw_panel(ax, cols, x, panel, keys, loss_keys, logx) -> None:
         twin = ax.twinx()
         for key in loss_keys:
             lx, ly = series(cols, x, key)
-            twin.plot(lx, ly, lw=1.0, ls="--", color=LOSS_COLORS.get(key, "k"),
+            color = LOSS_COLORS.get(key.split("_", 1)[-1] if key not in LOSS_COLORS else key, "k")
+            twin.plot(lx, ly, lw=1.0, ls="--", color=color,
                       label=key.replace("_", " "))
         twin.set_ylabel("loss", fontsize="small")
         twin.tick_params(labelsize="small")

@@ -22,6 +22,7 @@ def ei_training(
     ax: Any = None,
     logx: bool = False,
     title: str | None = "Effective information during training",
+    legend_loc: str = "best",
 ):
     """EI (left axis, bits) and the losses (right axis) against ``x``.
 
@@ -35,6 +36,7 @@ def ei_training(
         logx: logarithmic x axis (``symlog``: linear between 0 and 1, so epoch 0 stays); shows
             the early and the late phases of training together.
         title: the axes title (``None`` for none).
+        legend_loc: where the legend goes (a matplotlib ``loc``).
 
     Returns:
         The matplotlib ``Figure``.
@@ -69,7 +71,7 @@ def ei_training(
             twin.plot(lx, ly, color=LOSS_COLORS.get(key), lw=1.2, ls="--", label=_label(key))
         twin.set_ylabel("loss")
         lines = ax.get_lines() + twin.get_lines()
-        ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize="small")
+        ax.legend(lines, [ln.get_label() for ln in lines], loc=legend_loc, fontsize="small")
     if title:
         ax.set_title(title)
     return fig
