@@ -1,0 +1,130 @@
+"""``ForesightCallback``: run a :class:`foresight.Monitor` inside Lightning's ``Trainer``.
+
+>>> from foresight.integrations.lightning import ForesightCallback  # doctest: +SKIP
+>>> trainer = lightning.Trainer(callbacks=[ForesightCallback(["ei"])])  # doctest: +SKIP
+
+The callback creates the Monitor on the LightningModule at ``setup``, calls ``monitor.step()``
+once per optimizer step (in ``on_before_optimizer_step``: after the accumulated backward passes and
+before gradient clipping, which is where the gradient noise scale must be read) and
+``monitor.epoch_end()`` at the end of each training epoch (after validation), passing the scalar
+``trainer.callback_metrics`` (``train_loss``, ``val_loss`` ... whatever the module logs) into the
+records. Records go to ``callback.history``, to the given sinks, and -- with ``log=True`` -- to the
+trainer's own loggers (TensorBoard, CSV, W&B ...) under ``foresight/<key>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from foresight._optional import require
+from foresight.monitor import Monitor
+from foresight.monitor.sinks import History, Sink
+from foresight.schedule import Schedule, every
+
+_lightning = require("lightning.pytorch", "foresight.integrations.lightning")
+
+_EVERY = every(1)
+
+
+class _TrainerLoggers:
+    """A sink that forwards records to the trainer's loggers."""
+
+    def __init__(self, trainer: Any, prefix: str) -> None:
+        self.trainer = trainer
+        self.prefix = prefix
+
+    def write(self, record: dict[str, Any]) -> None:
+        metrics = {
+            self.prefix + k: float(v) for k, v in record.items()
+            if k not in ("step", "epoch") and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+        }
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=int(record["step"]))
+
+    def close(self) -> None:
+        pass
+
+
+class ForesightCallback(_lightning.Callback):
+    """Measure foresight metrics during ``Trainer.fit`` without changing the training.
+
+    Args:
+        metrics: as for :class:`foresight.Monitor` (names, adapters, callables).
+        schedule: when to measure (a :mod:`foresight.schedule` object).
+        unit: ``"epoch"`` (default: the schedule counts training epochs) or ``"step"`` (optimizer
+            steps, ``trainer.global_step``).
+        sinks: extra sinks (``CSVSink``, ``TensorBoardSink`` ...).
+        log: also send the records to the trainer's loggers.
+        prefix: key prefix for the trainer's loggers.
+    """
+
+    def __init__(
+        self,
+        metrics: Iterable[Any] = ("ei",),
+        *,
+        schedule: Schedule = _EVERY,
+        unit: str = "epoch",
+        sinks: Iterable[Sink] = (),
+        log: bool = True,
+        prefix: str = "foresight/",
+    ) -> None:
+        super().__init__()
+        self.metric_specs = list(metrics) if not isinstance(metrics, str) else [metrics]
+        self.schedule = schedule
+        self.unit = unit
+        self.sinks = list(sinks)
+        self.log = log
+        self.prefix = prefix
+        self.monitor: Monitor | None = None
+        self._batch: Any = None
+        self._history = History()
+
+    @property
+    def history(self) -> History:
+        """The records measured so far (kept after ``fit`` ends)."""
+        return self.monitor.history if self.monitor is not None else self._history
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or self.monitor is not None:
+            return
+        sinks = list(self.sinks)
+        if self.log and trainer.loggers:
+            sinks.append(_TrainerLoggers(trainer, self.prefix))
+        self.monitor = Monitor(pl_module, self.metric_specs, schedule=self.schedule,
+                               unit=self.unit, sinks=sinks)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch = batch
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.step(batch=self._batch, step=trainer.global_step,
+                              **_scalars(trainer.callback_metrics))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.epoch_end(batch=self._batch, epoch=trainer.current_epoch,
+                                   **_scalars(trainer.callback_metrics))
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit" and self.monitor is not None:
+            self._history = self.monitor.history
+            self.monitor.close()
+
+
+_RESERVED = ("step", "epoch", "batch")
+
+
+def _scalars(metrics: Any) -> dict[str, Any]:
+    """The trainer's logged scalars, renamed where they would clash with the Monitor's own keys."""
+    out = {}
+    for key, value in dict(metrics).items():
+        if hasattr(value, "numel") and value.numel() != 1:
+            continue
+        name = str(key)
+        out[f"logged_{name}" if name in _RESERVED else name] = value
+    return out

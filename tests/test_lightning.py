@@ -1,0 +1,110 @@
+"""ForesightCallback with Lightning's CPU trainer: records, loggers, and unchanged training."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from foresight.integrations.lightning import ForesightCallback  # noqa: E402
+from foresight.monitor import Function  # noqa: E402
+from foresight.schedule import every  # noqa: E402
+
+
+def _has_ei() -> bool:
+    try:
+        return hasattr(importlib.import_module("foresight.ei"), "report")
+    except ImportError:
+        return False
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Dropout(0.2), nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g)
+    data = torch.utils.data.TensorDataset(x, y)
+    train = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True,
+                                        generator=torch.Generator().manual_seed(1))
+    val = torch.utils.data.DataLoader(data, batch_size=32)
+    return train, val
+
+
+def fit(callbacks, tmp_path, logger=False, **kwargs):
+    pl.seed_everything(0, verbose=False)
+    model = Tiny()
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, **kwargs,
+    )
+    train, val = loaders()
+    trainer.fit(model, train, val)
+    return model
+
+
+def weight_norm(model):
+    return sum(float(p.detach().norm()) for p in model.parameters())
+
+
+def test_epoch_records_with_logged_metrics_and_identical_training(tmp_path):
+    plain = fit([], tmp_path / "plain")
+    callback = ForesightCallback([weight_norm, Function(lambda m: 1.0, name="one")])
+    watched = fit([callback], tmp_path / "watched")
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
+        assert torch.equal(a, b)
+    history = callback.history
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    assert [r["step"] for r in history] == [4, 8, 12]  # 4 optimizer steps per epoch
+    assert all({"train_loss", "val_loss", "weight_norm", "one"} <= set(r) for r in history)
+    assert history[-1]["weight_norm"] == pytest.approx(weight_norm(watched))
+
+
+def test_step_unit_and_trainer_loggers(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="run")
+    callback = ForesightCallback([weight_norm], schedule=every(5), unit="step")
+    fit([callback], tmp_path, logger=logger, accumulate_grad_batches=2)
+    # 4 batches per epoch, 2 per optimizer step: steps 0..5, scheduled at 0 and 5
+    assert [r["step"] for r in callback.history] == [0, 5]
+    logger.finalize("success")
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("foresight/weight_norm")]
+    assert [int(r["step"]) for r in rows] == [0, 5]
+
+
+@pytest.mark.skipif(not _has_ei(), reason="foresight.ei not available")
+def test_ei_through_the_callback(tmp_path):
+    from foresight import ei as fei
+
+    callback = ForesightCallback(["ei"])
+    model = fit([callback], tmp_path)
+    assert callback.history[-1]["ei"] == pytest.approx(fei.ei(model, torch.zeros(1, 5)))
