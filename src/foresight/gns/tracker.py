@@ -125,7 +125,7 @@ class GradientNoiseScale:
         self._reset_step()
         self.steps = 0
         self.skipped = 0
-        self._ema = {g: [0.0, 0.0] for g in self.group_names}
+        self._ema = {g: [0.0, 0.0, 0] for g in self.group_names}  # |G|^2, tr(Sigma), updates
         self.last_raw: NoiseScale | None = None
         self._install()
 
@@ -145,12 +145,13 @@ class GradientNoiseScale:
     def _install(self) -> None:
         root = self.module
         self._handles.append(root.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
-        self._handles.append(root.register_forward_hook(self._post_forward))
         if self.per_example:
             for m in root.modules():
                 rule = find_rule(m)
                 if rule is not None and any(p.requires_grad for p in m.parameters(recurse=False)):
                     self._handles.append(m.register_forward_hook(self._layer_hook(rule)))
+        # registered last so that it runs after the layer hooks when the root is itself a layer
+        self._handles.append(root.register_forward_hook(self._post_forward))
         for _, p in self.params:
             self._handles.append(p.register_hook(self._param_hook(p)))
 
@@ -280,6 +281,7 @@ class GradientNoiseScale:
                     ema = self._ema[gname]
                     ema[0] = self.beta * ema[0] + (1 - self.beta) * lay["grad_sq_norm"]
                     ema[1] = self.beta * ema[1] + (1 - self.beta) * lay["trace_sigma"]
+                    ema[2] += 1
             else:
                 self.skipped += 1
         return self.estimate(batch_size=raw.batch_size if raw is not None else 0)
@@ -374,14 +376,21 @@ class GradientNoiseScale:
         return {n: (float(v), small[n][1]) for n, v in zip(names, vec.tolist())}
 
     def estimate(self, batch_size: int = 0) -> NoiseScale:
-        """The current smoothed estimate (bias-corrected EMAs; ``nan`` before the first step)."""
-        corr = 1.0 - self.beta**self.steps if self.steps else math.nan
+        """The current smoothed estimate: bias-corrected EMAs
+        :math:`m_n / (1 - \\beta^n)` of each group's parts, summed over groups (``nan`` before
+        the first step); groups never estimated are left out."""
         layers, g_total, tr_total = [], 0.0, 0.0
         for gname in self.group_names:
-            g2, tr = (v / corr for v in self._ema[gname])
+            m_g, m_tr, n = self._ema[gname]
+            if n == 0:
+                continue
+            corr = 1.0 - self.beta**n
+            g2, tr = m_g / corr, m_tr / corr
             g_total += g2
             tr_total += tr
             layers.append(dict(name=gname, b_simple=ratio(tr, g2), trace_sigma=tr, grad_sq_norm=g2))
+        if not layers:
+            g_total = tr_total = math.nan
         return NoiseScale.from_parts(g_total, tr_total, batch_size, layers)
 
     # ------------------------------------------------------------------ state / lifetime
@@ -392,7 +401,7 @@ class GradientNoiseScale:
             "beta": self.beta,
             "steps": self.steps,
             "skipped": self.skipped,
-            "ema": {g: list(v) for g, v in self._ema.items()},
+            "ema": {g: list(v) for g, v in self._ema.items()},  # [m_G, m_Sigma, n_updates]
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -403,7 +412,7 @@ class GradientNoiseScale:
         self.beta = float(state["beta"])
         self.steps = int(state["steps"])
         self.skipped = int(state["skipped"])
-        self._ema = {g: [float(a), float(b)] for g, (a, b) in state["ema"].items()}
+        self._ema = {g: [float(a), float(b), int(n)] for g, (a, b, n) in state["ema"].items()}
 
     def close(self) -> None:
         """Remove every hook from the model (hooks on live autograd graphs become no-ops)."""
