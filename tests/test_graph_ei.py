@@ -263,6 +263,13 @@ def test_integer_bool_and_half_inputs() -> None:
     assert graph_ei(a, weight=None).ei == pytest.approx(binary, abs=TOL)
 
 
+def test_huge_finite_weights_do_not_overflow() -> None:
+    a = np.array([[0.0, 1e308, 1e308], [1e308, 0.0, 0.0], [0.0, 1e308, 0.0]])
+    r = graph_ei(a)
+    assert r.ei == pytest.approx(dense_graph_ei(a / 1e308)["ei"], abs=TOL)
+    assert math.isfinite(r.ei)
+
+
 def test_weight_none_accepts_negative_entries_as_edges() -> None:
     a = torch.tensor([[0.0, -2.0], [1.0, 0.0]])
     assert graph_ei(a, weight=None).ei == pytest.approx(1.0, abs=TOL)

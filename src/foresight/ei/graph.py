@@ -241,8 +241,9 @@ def _edge_name(e: _Edges, k: int) -> str:
 
 
 def _validate(e: _Edges, weighted: bool) -> None:
-    bad = ~torch.isfinite(e.w)
-    if bool(bad.any()):
+    # a finite sum means every weight is finite (NaN and inf propagate); only a non-finite sum
+    # (a bad weight, or an overflow) needs the elementwise check
+    if not math.isfinite(float(e.w.sum())) and bool((bad := ~torch.isfinite(e.w)).any()):
         k = int(torch.nonzero(bad)[0, 0])
         raise ValueError(
             f"graph has {int(bad.sum())} non-finite edge weight(s) (NaN or inf), e.g. "
@@ -358,4 +359,8 @@ def graph_ei(graph: Any, weight: str | None = "weight") -> GraphEI:
         )
     if weight is None:
         edges.w = torch.ones_like(edges.w)
+    elif edges.w.numel() and not math.isfinite(float(edges.w.sum())):
+        # finite weights whose sums overflow float64: EI only sees each row's proportions, so
+        # dividing every weight by the largest one changes nothing but the overflow
+        edges.w = edges.w / edges.w.max()
     return _compute(edges)
