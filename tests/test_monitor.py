@@ -409,3 +409,15 @@ def test_causal_adapter_is_reproducible_and_leaves_rng_alone():
     keys = [k for k in first if k.startswith(("causal_ei/", "ei_parts/", "sensitivity/"))]
     assert keys
     assert all(first[k] == second[k] for k in keys)
+
+
+@pytest.mark.skipif(not HAS_EI, reason="foresight.ei not available")
+def test_nothing_attached_between_measurements():
+    model = make_model()
+    before = snapshot(model)
+    mon = Monitor(model, [EI(input=torch.randn(2, 6)), Counter()], schedule=every(10), unit="step")
+    assert_unchanged(model, before)  # no hooks or state added at construction
+    for _ in range(3):
+        mon.step(loss=torch.tensor(1.0))
+        assert_unchanged(model, before)
+    assert len(mon.history) == 1

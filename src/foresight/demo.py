@@ -51,7 +51,7 @@ class DemoConfig:
     seed: int = 0
     n_train: int = 100
     batch_size: int = 20
-    lr: float = 0.01
+    lr: float = 0.03
     hidden: bool = True
     hidden_width: int = 4
     causal_samples: int = 4096
