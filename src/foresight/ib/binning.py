@@ -32,21 +32,25 @@ def bin_indices(
     bins: int | None = None,
     bin_size: float | None = None,
     range: tuple[float, float] | None = None,  # noqa: A002 - the papers' and numpy's name
+    groups: list[int] | None = None,
 ) -> torch.Tensor:
     """Integer bin index of every entry of a float tensor (same shape, ``int64``).
+
+    ``groups`` (widths of consecutive column groups of a 2-D ``t``) gives each group its own data
+    range, as if each were binned on its own (used to bin all layers of a network at once).
 
     >>> bin_indices(torch.tensor([-1.0, -0.2, 0.3, 1.0]), bins=2, range=(-1.0, 1.0))
     tensor([0, 0, 1, 1])
     >>> bin_indices(torch.tensor([-0.1, 0.0, 0.15]), bin_size=0.1)
     tensor([-1,  0,  1])
     """
+    tw = _working(t)
     if bin_size is not None:
         if bins is not None or range is not None:
             raise ValueError("pass either bin_size= or bins=/range=, not both")
         size = positive_float(bin_size, "bin_size")
-        return torch.floor(_working(t) / size).to(torch.int64)
+        return torch.floor(tw / size).to(torch.int64)
     b = positive_int(30 if bins is None else bins, "bins")
-    t64 = _working(t)
     if range is not None:
         try:
             lo, hi = (float(v) for v in range)
@@ -54,9 +58,21 @@ def bin_indices(
             raise ValueError(f"range must be a pair (lo, hi) of numbers, got {range!r}") from None
         if not lo < hi:
             raise ValueError(f"range=(lo, hi) needs lo < hi, got {range!r}")
+        los, scales = [lo], [b / (hi - lo)]
+    elif groups is None:
+        los, his = [float(tw.min())], [float(tw.max())]
+        scales = [b / (h - lo) if h > lo else 0.0 for lo, h in zip(los, his)]
     else:
-        lo, hi = float(t64.min()), float(t64.max())
-        if lo == hi:
-            return torch.zeros(t.shape, dtype=torch.int64, device=t.device)
-    scaled = torch.floor((t64 - lo) * (b / (hi - lo)))
+        col_lo, col_hi = tw.amin(dim=0).tolist(), tw.amax(dim=0).tolist()
+        los, scales, start = [], [], 0
+        for width in groups:
+            lo, hi = min(col_lo[start : start + width]), max(col_hi[start : start + width])
+            los += [lo] * width
+            scales += [b / (hi - lo) if hi > lo else 0.0] * width  # constant group: one bin
+            start += width
+    lo_t = torch.tensor(los, dtype=tw.dtype, device=tw.device)
+    scale_t = torch.tensor(scales, dtype=tw.dtype, device=tw.device)
+    if lo_t.numel() == 1:
+        lo_t, scale_t = lo_t.reshape(()), scale_t.reshape(())
+    scaled = torch.floor((tw - lo_t) * scale_t)
     return scaled.clamp_(0, b - 1).to(torch.int64)

@@ -25,32 +25,29 @@ import torch
 
 from foresight.ib._samples import as_samples, is_symbolic, positive_int, same_length
 from foresight.ib.binning import bin_indices
-from foresight.ib.discrete import (
-    discrete_mi_from_labels,
-    entropy_of_labels,
-    row_labels,
-    symbols_of,
-)
+from foresight.ib.discrete import code_entropy, code_mi, row_code, row_labels, symbols_of
 from foresight.ib.kde import kde_mi_bits
 from foresight.ib.ksg import ksg_mi_bits
 
 
-def labels_for(
+def code_for(
     t: torch.Tensor,
     bins: int | None = None,
     bin_size: float | None = None,
     range: tuple[float, float] | None = None,  # noqa: A002
 ) -> tuple[torch.Tensor, int]:
-    """Dense symbol labels of a checked ``[N, D]`` tensor: symbols as they are, floats binned."""
+    """Row code ``(code, card)`` of a checked ``[N, D]`` tensor: integers as they are, floats
+    binned (see :func:`foresight.ib.discrete.row_code`)."""
     if is_symbolic(t):
-        return row_labels(t.to(torch.int64))
-    return row_labels(bin_indices(t, bins=bins, bin_size=bin_size, range=range))
+        return row_code(t)
+    idx = bin_indices(t, bins=bins, bin_size=bin_size, range=range)
+    if bin_size is None:  # indices lie in 0 .. bins-1: no need for the column ranges
+        return row_code(idx, [30 if bins is None else int(bins)] * idx.shape[1])
+    return row_code(idx)
 
 
 def _discrete(x: torch.Tensor, y: torch.Tensor) -> float:
-    a, ka = row_labels(symbols_of(x, "x"))
-    b, kb = row_labels(symbols_of(y, "y"))
-    return discrete_mi_from_labels(a, ka, b, kb)
+    return code_mi(*row_code(symbols_of(x, "x")), *row_code(symbols_of(y, "y")))
 
 
 def _binning(
@@ -60,9 +57,7 @@ def _binning(
     bin_size: float | None = None,
     range: tuple[float, float] | None = None,  # noqa: A002
 ) -> float:
-    a, ka = labels_for(x, bins, bin_size, range)
-    b, kb = labels_for(y, bins, bin_size, range)
-    return discrete_mi_from_labels(a, ka, b, kb)
+    return code_mi(*code_for(x, bins, bin_size, range), *code_for(y, bins, bin_size, range))
 
 
 def _kde(
@@ -163,4 +158,4 @@ def entropy(x: torch.Tensor, method: str = "binning", **options: object) -> floa
     xs = as_samples(x, "x")
     if method == "discrete":
         xs = symbols_of(xs, "x")
-    return entropy_of_labels(labels_for(xs, **options)[0])  # type: ignore[arg-type]
+    return code_entropy(*code_for(xs, **options))  # type: ignore[arg-type]

@@ -27,8 +27,16 @@ from torch import nn
 from foresight._guard import preserved
 from foresight._result import Result
 from foresight.ib._samples import as_samples, positive_int, same_length
-from foresight.ib.discrete import discrete_mi_from_labels, entropy_of_labels, row_labels
-from foresight.ib.estimators import check_options, labels_for
+from foresight.ib.binning import bin_indices
+from foresight.ib.discrete import (
+    code_entropy,
+    grouped_codes,
+    joint_entropies,
+    paired_entropies,
+    row_code,
+    row_labels,
+)
+from foresight.ib.estimators import check_options, code_for
 from foresight.ib.kde import kde_information_bits
 from foresight.ib.layers import OUTPUT, default_layers
 
@@ -214,6 +222,29 @@ def _label_symbols(labels: torch.Tensor) -> torch.Tensor:
     return y.to(torch.int64)
 
 
+def _binned_all_layers(
+    reps: dict[str, torch.Tensor], y_code: torch.Tensor, y_card: int, options: dict[str, Any]
+) -> dict[str, tuple[float, float, int]] | None:
+    """``{layer: (H(T), H(T,Y), distinct T)}`` for all layers in one batch, or ``None``.
+
+    Bins the concatenated layers in one go (each layer with its own data range), codes each
+    layer's rows, and gets every entropy from one sort. ``None`` when the layers cannot be
+    concatenated (devices) or a code would overflow; the caller then goes layer by layer.
+    """
+    ts = list(reps.values())
+    if len({t.device for t in ts}) != 1 or y_code.device != ts[0].device:
+        return None
+    widths = [t.shape[1] for t in ts]
+    bins, bin_size, rng = options.get("bins"), options.get("bin_size"), options.get("range")
+    idx = bin_indices(torch.cat(ts, dim=1), bins, bin_size, rng, groups=widths)
+    radix = None if bin_size is not None else [30 if bins is None else int(bins)] * idx.shape[1]
+    grouped = grouped_codes(idx, widths, radix)
+    if grouped is None or max(grouped[1]) * y_card >= 1 << 62:
+        return None
+    h_t, h_ty, distinct = paired_entropies(grouped[0], y_code, y_card)
+    return {name: (h_t[i], h_ty[i], distinct[i]) for i, name in enumerate(reps)}
+
+
 def information_plane(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -259,20 +290,25 @@ def information_plane(
     reps = collect_representations(model, inputs, layers, batch_size)
     if not reps:
         raise ValueError("information_plane: no layer produced a tensor; pass layers=[...]")
-    y_labels, ky = row_labels(y)
-    n = y_labels.shape[0]
-    h_y = entropy_of_labels(y_labels)
+    y_code, y_card = row_code(y)
+    n = y.shape[0]
+    h_y = code_entropy(y_code, y_card)
     params = effective_options(method, options)
     points = []
+    if method == "kde":
+        y_labels, ky = row_labels(y)
+    reps = {name: as_samples(t, f"the output of layer {name!r}") for name, t in reps.items()}
+    fast = _binned_all_layers(reps, y_code, y_card, options) if method == "binning" else None
     for name, t in reps.items():
-        t = as_samples(t, f"the output of layer {name!r}")
-        if method == "binning":
-            t_labels, kt = labels_for(
+        if fast is not None:
+            h_t, h_ty, n_states = fast[name]
+            i_xt, i_ty = h_t, max(h_t + h_y - h_ty, 0.0)
+        elif method == "binning":
+            t_code, t_card = code_for(
                 t, options.get("bins"), options.get("bin_size"), options.get("range")
             )
-            h_t = entropy_of_labels(t_labels)
-            i_xt, i_ty = h_t, discrete_mi_from_labels(t_labels, kt, y_labels, ky)
-            n_states = kt
+            h_t, _, h_ty, n_states = joint_entropies(t_code, t_card, y_code, y_card)
+            i_xt, i_ty = h_t, max(h_t + h_y - h_ty, 0.0)
         else:
             index = torch.arange(n, device=t.device)
             (i_xt, i_ty), h_t = kde_information_bits(
