@@ -70,6 +70,13 @@ def test_digits_determinism_and_seed() -> None:
     assert not torch.equal(a.x_train, c.x_train)
 
 
+def test_digits_accepts_numpy_and_torch_integers() -> None:
+    ref = data.digits(n_train=30, seed=4)
+    for n_train in (np.int64(30), torch.tensor(30)):
+        split = data.digits(n_train=n_train, seed=4)  # type: ignore[arg-type]
+        assert torch.equal(split.x_train, ref.x_train) and torch.equal(split.y_test, ref.y_test)
+
+
 def test_digits_dtype() -> None:
     split = data.digits(n_train=20, dtype=torch.float64)
     assert split.x_train.dtype == torch.float64 and split.x_test.dtype == torch.float64

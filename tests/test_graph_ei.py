@@ -282,6 +282,12 @@ def test_input_left_unchanged_and_result_to_dict() -> None:
     s_before = s.copy()
     r = graph_ei(t)
     graph_ei(s)
+    # a CSR matrix with a repeated column index: scipy must sum it on a copy, not in place
+    dup = sp.csr_matrix((np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0]), np.array([0, 2, 3, 3])),
+                        shape=(3, 3))
+    assert not dup.has_canonical_format
+    assert graph_ei(dup).ei == pytest.approx(1.0, abs=TOL)  # 0 -> 1 (weight 3), 1 -> 0
+    assert dup.nnz == 3 and not dup.has_canonical_format
     assert torch.equal(t.detach(), before) and t.grad is None
     assert (s != s_before).nnz == 0 and s.nnz == 3
     d = r.to_dict()

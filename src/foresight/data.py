@@ -18,6 +18,7 @@ scikit-learn (extra ``data``) is imported only when :func:`digits` or :func:`iri
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -100,13 +101,17 @@ def digits(n_train: int = 200, seed: int = 0, dtype: torch.dtype = torch.float32
     x = torch.as_tensor(bunch.data, dtype=torch.float64) / 16.0
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
     n = len(y)
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 1 <= n_train < n:
+    try:
+        count = operator.index(n_train)  # int, numpy or torch integers; not bool/float/str
+    except TypeError:
+        count = None
+    if isinstance(n_train, bool) or count is None or not 1 <= count < n:
         raise ValueError(
             f"n_train must be an integer with 1 <= n_train < {n} (the digits data has {n} "
             f"images and the test set needs at least one), got {n_train!r}"
         )
     generator = torch.Generator().manual_seed(int(seed))
-    train, test = _stratified_indices(y, n_train, generator)
+    train, test = _stratified_indices(y, count, generator)
     x = x.to(dtype)
     return Split(x[train], y[train], x[test], y[test])
 
