@@ -11,7 +11,12 @@ import torch
 
 from foresight import data
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+try:
+    import sklearn.datasets as sklearn_datasets
+except ImportError:  # pragma: no cover - scikit-learn is in the test extra
+    sklearn_datasets = None
+
+needs_sklearn = pytest.mark.skipif(sklearn_datasets is None, reason="needs scikit-learn")
 
 
 @pytest.fixture
@@ -28,6 +33,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------------------- digits
 
 
+@needs_sklearn
 @pytest.mark.parametrize("n_train", [1, 7, 10, 200, 500, 1796])
 def test_digits_shapes_ranges_and_partition(n_train: int, no_network: None) -> None:
     split = data.digits(n_train=n_train, seed=3)
@@ -51,6 +57,7 @@ def test_digits_shapes_ranges_and_partition(n_train: int, no_network: None) -> N
     )
 
 
+@needs_sklearn
 def test_digits_stratified_counts() -> None:
     n_train = 200
     split = data.digits(n_train=n_train, seed=0)
@@ -62,6 +69,7 @@ def test_digits_stratified_counts() -> None:
     assert bool(((counts.double() - expected).abs() < 1).all())
 
 
+@needs_sklearn
 def test_digits_determinism_and_seed() -> None:
     a, b = data.digits(n_train=50, seed=1), data.digits(n_train=50, seed=1)
     c = data.digits(n_train=50, seed=2)
@@ -70,6 +78,7 @@ def test_digits_determinism_and_seed() -> None:
     assert not torch.equal(a.x_train, c.x_train)
 
 
+@needs_sklearn
 def test_digits_accepts_numpy_and_torch_integers() -> None:
     ref = data.digits(n_train=30, seed=4)
     for n_train in (np.int64(30), torch.tensor(30)):
@@ -77,11 +86,13 @@ def test_digits_accepts_numpy_and_torch_integers() -> None:
         assert torch.equal(split.x_train, ref.x_train) and torch.equal(split.y_test, ref.y_test)
 
 
+@needs_sklearn
 def test_digits_dtype() -> None:
     split = data.digits(n_train=20, dtype=torch.float64)
     assert split.x_train.dtype == torch.float64 and split.x_test.dtype == torch.float64
 
 
+@needs_sklearn
 @pytest.mark.parametrize("bad", [0, -1, 1797, 5000, 2.5, "100", True, None])
 def test_digits_bad_n_train(bad: object) -> None:
     with pytest.raises(ValueError, match="n_train"):
@@ -98,6 +109,7 @@ def test_bad_dtype() -> None:
 # --------------------------------------------------------------------------------------- iris
 
 
+@needs_sklearn
 def test_iris_scaled_per_column(no_network: None) -> None:
     x, y = data.iris()
     raw = sklearn_datasets.load_iris()
