@@ -28,14 +28,14 @@ def test_demo_command_writes_csv_json_and_png(tmp_path):
     out = tmp_path / "demo out"
     env = {**os.environ, "MPLBACKEND": "Agg"}
     done = subprocess.run(
-        [str(SCRIPT), "demo", "--out", str(out), "--epochs", "3", "--seed", "1"],
+        [str(SCRIPT), "demo", "--out", str(out), "--epochs", "2", "--seed", "1"],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert done.returncode == 0, done.stderr
     assert "ei" in done.stdout and "test_loss" in done.stdout  # the closing table
     assert "foresight demo" in done.stderr  # the progress bar
     rows = read_csv(out / "demo.csv")
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     for key in ("ei", "determinism", "degeneracy", "train_loss", "test_loss"):
         values = [float(r[key]) for r in rows]
         assert all(v == v for v in values), key  # present and not NaN in every row
@@ -45,7 +45,7 @@ def test_demo_command_writes_csv_json_and_png(tmp_path):
         assert ei == pytest.approx(deg - det, abs=1e-9)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["epochs"] == 3 and summary["config"]["seed"] == 1
+    assert summary["config"]["epochs"] == 2 and summary["config"]["seed"] == 1
     assert summary["final"]["ei"] == pytest.approx(float(rows[-1]["ei"]))
     assert "ei" in summary["metrics"]
     for name in ("ei.png", "dashboard.png"):

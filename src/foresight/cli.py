@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -62,15 +63,25 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_factory(spec: str) -> Callable[[], Any]:
-    """Resolve ``"package.module:factory"`` (``factory`` may be dotted) to a callable."""
+def _add_cwd_to_path() -> None:
+    """Like ``python -m``: modules in the current directory can be imported."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(
             f"model {spec!r} must be MODULE:FACTORY, e.g. torchvision.models:resnet18"
         )
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules in the current directory
+    return module_name, attr
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """Resolve ``"package.module:factory"`` (``factory`` may be dotted) to a callable."""
+    module_name, attr = _split_spec(spec)
+    _add_cwd_to_path()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -173,11 +184,18 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    shape = parse_shape(args.input_shape)  # cheap checks first: torch is imported after them
+    module_name, _ = _split_spec(args.model)
+    _add_cwd_to_path()
+    top = module_name.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise UserError(f"cannot import module {module_name!r} (No module named {top!r})")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UserError(f"weights file {args.weights!r} does not exist")
     import torch
 
     from foresight import ei as fei
 
-    shape = parse_shape(args.input_shape)
     model = build_model(args.model)
     if args.weights:
         load_weights(model, args.weights)
