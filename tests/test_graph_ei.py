@@ -344,6 +344,14 @@ def test_non_square_or_empty_raise(g) -> None:
             graph_ei(g.to_sparse())
 
 
+def test_hybrid_sparse_tensors_raise_and_block_layouts_work() -> None:
+    block = torch.ones(3, 3, 2)
+    for hybrid in (block.to_sparse(2), block.to_sparse_csr(dense_dim=1)):
+        with pytest.raises(ValueError, match="without dense dimensions"):
+            graph_ei(hybrid)
+    assert graph_ei(torch.eye(4).to_sparse_bsr((2, 2))).ei == pytest.approx(2.0, abs=TOL)
+
+
 def test_empty_networkx_graph_raises() -> None:
     with pytest.raises(ValueError, match="no nodes"):
         graph_ei(nx.DiGraph())

@@ -120,7 +120,7 @@ def _from_torch(t: torch.Tensor) -> _Edges:
         return _from_dense_tensor(t)
     if t.layout not in (torch.sparse_coo, torch.sparse_csr):
         t = t.to_sparse_coo()
-    if t.layout == torch.sparse_coo and (t.sparse_dim() != 2 or t.dense_dim() != 0):
+    if t.sparse_dim() != 2 or t.dense_dim() != 0:
         raise ValueError(
             f"graph must be a 2-D sparse tensor without dense dimensions, got sparse_dim="
             f"{t.sparse_dim()}, dense_dim={t.dense_dim()}"
