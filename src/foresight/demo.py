@@ -54,7 +54,9 @@ class DemoConfig:
     lr: float = 0.03
     hidden: bool = True
     hidden_width: int = 4
-    causal_samples: int = 4096
+    ib_bins: int = 8
+    causal_bins: int = 8
+    causal_samples: int = 8192
 
 
 @dataclass
@@ -73,7 +75,8 @@ class DemoResult:
         rows = [("quantity", "epoch 0", "min", "max", f"epoch {self.records[-1]['epoch']}")]
         keys = [k for k in ("ei", "determinism", "degeneracy", "train_loss", "test_loss",
                             "test_accuracy", "b_simple") if any(k in r for r in self.records)]
-        keys += [k for k in _keys(self.records) if k.startswith(("i_xt/", "i_ty/", "ei_parts/"))]
+        keys += [k for k in _keys(self.records)
+                 if k.startswith(("i_xt/", "i_ty/", "causal_ei/", "ei_parts/"))]
         for key in keys:
             values = [(r["epoch"], r[key]) for r in self.records
                       if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
@@ -143,7 +146,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(seed)
         self.batch_size = config.batch_size
 
-    def train_epoch(self, data: _Data, monitor: Monitor) -> None:
+    def train_epoch(self, data: _Data, monitors: list[Monitor]) -> None:
         self.model.train()
         n = len(data.x_train)
         order = torch.randperm(n, generator=self.generator)
@@ -152,7 +155,8 @@ class _Run:
             self.optimizer.zero_grad()
             loss = nn.functional.cross_entropy(self.model(data.x_train[idx]), data.y_train[idx])
             loss.backward()
-            monitor.step()  # before optimizer.step(): the noise-scale tracker reads the gradient
+            for monitor in monitors:  # before optimizer.step(): the noise-scale tracker reads .grad
+                monitor.step()
             self.optimizer.step()
 
     @torch.no_grad()
@@ -219,21 +223,26 @@ def _run(config: DemoConfig, out: str, show_progress: bool, figures: bool) -> De
     seed_run = _Run(linear, config, seed)
     seed_monitor = Monitor(linear, metrics, unit="epoch")
 
-    hidden_run = hidden_monitor = None
+    hidden_run = None
+    hidden_monitors: list[Monitor] = []
     hidden_metrics: list[Any] = []
     if hidden:
+        torch.manual_seed(seed + 1)
+        net = _hidden_net(config.hidden_width)
         if _has("foresight.ib", "information_plane"):
             x_all = torch.cat([data.x_train, data.x_test])
             y_all = torch.cat([data.y_train, data.y_test])
-            hidden_metrics.append(InformationPlane(x_all, y_all, bins=8))
+            ib = InformationPlane(x_all, y_all, bins=config.ib_bins)
+            hidden_metrics.append(ib)
+            hidden_monitors.append(Monitor(net, [ib], unit="epoch",
+                                           schedule=log_spaced(dense_until=10, per_decade=12)))
         if _has("foresight.causal", "report"):
-            hidden_metrics.append(CausalEI(samples=config.causal_samples, seed=seed))
-        if hidden_metrics:
-            torch.manual_seed(seed + 1)
-            net = _hidden_net(config.hidden_width)
+            causal = CausalEI(samples=config.causal_samples, bins=config.causal_bins, seed=seed)
+            hidden_metrics.append(causal)
+            hidden_monitors.append(Monitor(net, [causal], unit="epoch",
+                                           schedule=log_spaced(dense_until=2, per_decade=5)))
+        if hidden_monitors:
             hidden_run = _Run(net, config, seed + 1)
-            hidden_monitor = Monitor(net, hidden_metrics, unit="epoch",
-                                     schedule=log_spaced(dense_until=10, per_decade=12))
 
     records: dict[int, dict[str, Any]] = {}
 
@@ -242,25 +251,25 @@ def _run(config: DemoConfig, out: str, show_progress: bool, figures: bool) -> De
         record = seed_monitor.epoch_end(epoch=epoch, **seed_run.evaluate(data))
         if record is not None:
             row.update({k: v for k, v in record.items() if k != "epoch"})
-        if hidden_run is not None and hidden_monitor is not None:
-            losses = {HIDDEN_PREFIX + k: v for k, v in hidden_run.evaluate(data).items()}
-            record = hidden_monitor.epoch_end(epoch=epoch, **losses)
-            if record is not None:
-                row.update({k: v for k, v in record.items() if k not in ("epoch", "step")})
+        if hidden_run is not None:
+            row.update({HIDDEN_PREFIX + k: v for k, v in hidden_run.evaluate(data).items()})
+            for monitor in hidden_monitors:
+                record = monitor.epoch_end(epoch=epoch)
+                if record is not None:
+                    row.update({k: v for k, v in record.items() if k not in ("epoch", "step")})
 
     bar = progress(range(epochs + 1), total=epochs + 1, desc="foresight demo",
                    enabled=show_progress)
     for epoch in bar:
         if epoch > 0:
-            seed_run.train_epoch(data, seed_monitor)
-            if hidden_run is not None and hidden_monitor is not None:
-                hidden_run.train_epoch(data, hidden_monitor)
+            seed_run.train_epoch(data, [seed_monitor])
+            if hidden_run is not None:
+                hidden_run.train_epoch(data, hidden_monitors)
         measure(epoch)
         row = records[epoch]
         bar.set_postfix({"ei": row["ei"], "train": row["train_loss"], "test": row["test_loss"]})
-    seed_monitor.close()
-    if hidden_monitor is not None:
-        hidden_monitor.close()
+    for monitor in [seed_monitor, *hidden_monitors]:
+        monitor.close()
 
     rows = [records[e] for e in sorted(records)]
     wall = time.perf_counter() - started
@@ -317,7 +326,7 @@ def _write_figures(out: str, result: DemoResult) -> list[str]:
         result.records, logx=True,
         losses_for={p: hidden_losses for p in ("i_xt/", "i_ty/", "causal_ei/", "ei_parts/",
                                                 "sensitivity/", "causal_degeneracy/")},
-        exclude=(*hidden_losses, HIDDEN_PREFIX + "test_accuracy", "test_accuracy"),
+        exclude=(*hidden_losses, HIDDEN_PREFIX + "test_accuracy", "test_accuracy"), ncols=3,
         title=f"foresight demo: the single-layer classifier (EI, noise scale) and a "
               f"64-{result.config.hidden_width}-10 tanh network (information plane, causal EI)",
     )
