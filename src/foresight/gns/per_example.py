@@ -26,8 +26,9 @@ examples and per-example gradients are not defined: that raises :class:`ValueErr
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,25 @@ class Recorder:
             h.remove()
         self.grad_handles = []
         self.on_grad = None
+
+
+@contextlib.contextmanager
+def guarded(model: nn.Module) -> Iterator[nn.Module]:
+    """:func:`foresight._guard.preserved` without copying the ``.grad`` tensors.
+
+    Nothing here writes ``.grad`` (``torch.autograd.grad`` does not accumulate), so each
+    parameter's ``.grad`` is detached for the duration and put back by reference; this saves a
+    full copy of the gradients (time and memory comparable to the step itself for an MLP).
+    """
+    saved = [(p, p.grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.grad = None
+        with preserved(model):
+            yield model
+    finally:
+        for p, grad in saved:
+            p.grad = grad
 
 
 def check_reduction(loss_reduction: str) -> None:
@@ -242,7 +262,7 @@ def per_parameter_sq_norms(
     by_id = {id(p): (n, p) for n, p in params}
     norms: dict[str, Tensor] = {}
     summed: dict[int, Tensor] = {}
-    with preserved(model):
+    with guarded(model):
         rec = Recorder(model)
         try:
             with torch.enable_grad():
@@ -300,7 +320,7 @@ def per_parameter_sq_norms(
         norms[by_id[pid][0]] = total.reshape(batch, -1).square().sum(1) * scale**2
     fallback = [n for n, p in params if plan[id(p)] == "fallback"]
     if fallback:
-        with preserved(model):
+        with guarded(model):
             for n, g in _fallback_grads(model, loss_fn, args, targets, fallback).items():
                 norms[n] = g.reshape(batch, -1).square().sum(1)
     for n, p in params:

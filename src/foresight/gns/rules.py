@@ -26,7 +26,6 @@ method resolution order, so subclasses of a supported layer use its rule.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,10 +90,15 @@ def outer_sq_norms(a: Tensor, g: Tensor) -> Tensor:
     """
     t, i, k = a.shape[1], a.shape[2], g.shape[2]
     if t == 1:
-        return a.square().sum((1, 2)) * g.square().sum((1, 2))
+        return _sq(a) * _sq(g)
     if t * (i + k) < i * k:
         return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
-    return torch.bmm(g.transpose(1, 2), a).square().sum((1, 2))
+    return _sq(torch.bmm(g.transpose(1, 2), a))
+
+
+def _sq(x: Tensor) -> Tensor:
+    """Squared Euclidean norm of each example (all dims after the first), without temporaries."""
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1).square()
 
 
 def _wants(module: nn.Module, name: str) -> bool:
@@ -116,7 +120,7 @@ def _affine(module: nn.Module, xhat: Tensor, g: Tensor, keep: int, squared: bool
             continue
         src = g * xhat if name == "weight" else g
         per = src.reshape(b, -1, *shape).sum(1)
-        out[name] = per.reshape(b, -1).square().sum(1) if squared else per
+        out[name] = _sq(per) if squared else per
     return out
 
 
@@ -136,7 +140,7 @@ def linear_sq_norms(module: nn.Module, a: Tensor, g: Tensor) -> PerParam:
     if _wants(module, "weight"):
         out["weight"] = outer_sq_norms(a3, g3)
     if _wants(module, "bias"):
-        out["bias"] = g3.sum(1).square().sum(1)
+        out["bias"] = _sq(g3.sum(1))
     return out
 
 
@@ -157,54 +161,53 @@ register(nn.Linear, sq_norms=linear_sq_norms, grads=linear_grads)
 # --------------------------------------------------------------------------- Convolutions
 
 
-def _patches(module: nn.Module, x: Tensor) -> Tensor:
-    """Unfold ``x [b, C, *S]`` into ``[b, L, C * prod(kernel)]`` patches (any dimensionality)."""
+def _conv_input(module: nn.Module, a: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The input and integer padding to hand to the convolution backward (string padding and
+    non-zero padding modes are applied to the input explicitly)."""
     nd = len(module.kernel_size)
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    pads = module._reversed_padding_repeated_twice
-    if any(pads):
-        x = F.pad(x, pads, mode=mode)
-    for d in range(nd):
-        k, s, dil = module.kernel_size[d], module.stride[d], module.dilation[d]
-        x = x.unfold(2 + d, dil * (k - 1) + 1, s)
-        if dil > 1:
-            x = x[..., ::dil]
-    b, c = x.shape[:2]
-    n_pos = math.prod(x.shape[2 : 2 + nd])
-    n_k = math.prod(x.shape[2 + nd :])
-    return x.reshape(b, c, n_pos, n_k).permute(0, 2, 1, 3).reshape(b, n_pos, c * n_k)
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        pads = module._reversed_padding_repeated_twice
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        return (F.pad(a, pads, mode=mode) if any(pads) else a), (0,) * nd
+    return a, tuple(module.padding)
 
 
-def _conv_chunks(module: nn.Module, a: Tensor, g: Tensor):
-    """Yield ``(A [b*groups, L, Cin_g*K], G [b*groups, L, Cout_g], slice)`` over batch chunks whose
-    unfolded size stays near one activation's, so memory does not blow up."""
-    groups = module.groups
-    bsz = a.shape[0]
-    per_example = math.prod(g.shape[2:]) * (a.shape[1] * math.prod(module.kernel_size))
-    budget = max(a[0].numel(), g[0].numel()) * max(1, bsz // 4)
-    chunk = max(1, min(bsz, budget // max(1, per_example)))
-    for start in range(0, bsz, chunk):
-        sl = slice(start, min(bsz, start + chunk))
-        p = _patches(module, a[sl])
-        b, n_pos, ck = p.shape
-        ci = ck // groups
-        pa = p.reshape(b, n_pos, groups, ci).permute(0, 2, 1, 3).reshape(b * groups, n_pos, ci)
-        gs = g[sl].reshape(b, groups, g.shape[1] // groups, n_pos)
-        pg = gs.permute(0, 1, 3, 2).reshape(b * groups, n_pos, g.shape[1] // groups)
-        yield pa, pg, sl
+def _conv_weight_grads(module: nn.Module, a: Tensor, g: Tensor):
+    """Yield each example's weight gradient (the convolution's own weight backward run on one
+    example: the same arithmetic as the batch's weight gradient, split by example)."""
+    x, padding = _conv_input(module, a)
+    nd = len(module.kernel_size)
+    for i in range(a.shape[0]):
+        yield torch.ops.aten.convolution_backward(
+            g[i : i + 1],
+            x[i : i + 1],
+            module.weight,
+            None,
+            list(module.stride),
+            list(padding),
+            list(module.dilation),
+            False,
+            [0] * nd,
+            module.groups,
+            [False, True, False],
+        )[1]
 
 
 def conv_sq_norms(module: nn.Module, a: Tensor, g: Tensor) -> PerParam:
-    """Conv1d/2d/3d (stride, padding incl. modes, dilation, groups) via unfolded patches."""
+    """Conv1d/2d/3d (stride, padding incl. modes, dilation, groups).
+
+    The weight's per-example gradient :math:`\\sum_l G_{bl} A_{bl}^\\top` (``l`` the output
+    positions, ``A`` the input patches) is formed one example at a time by the convolution's own
+    weight backward and reduced to its squared norm at once (memory: one weight).
+    """
     out: PerParam = {}
     bsz = a.shape[0]
     if _wants(module, "weight"):
-        w = a.new_zeros(bsz)
-        for pa, pg, sl in _conv_chunks(module, a, g):
-            w[sl] = outer_sq_norms(pa, pg).reshape(-1, module.groups).sum(1)
-        out["weight"] = w
+        out["weight"] = torch.stack(
+            [w.square().sum() for w in _conv_weight_grads(module, a, g)]
+        ).reshape(bsz)
     if _wants(module, "bias"):
-        out["bias"] = g.reshape(bsz, g.shape[1], -1).sum(2).square().sum(1)
+        out["bias"] = _sq(g.reshape(bsz, g.shape[1], -1).sum(2))
     return out
 
 
@@ -213,11 +216,7 @@ def conv_grads(module: nn.Module, a: Tensor, g: Tensor) -> PerParam:
     out: PerParam = {}
     bsz = a.shape[0]
     if _wants(module, "weight"):
-        parts = []
-        for pa, pg, _ in _conv_chunks(module, a, g):
-            parts.append(torch.bmm(pg.transpose(1, 2), pa))  # [b*groups, Cout_g, Cin_g*K]
-        w = torch.cat(parts).reshape(bsz, *module.weight.shape)
-        out["weight"] = w
+        out["weight"] = torch.stack(list(_conv_weight_grads(module, a, g)))
     if _wants(module, "bias"):
         out["bias"] = g.reshape(bsz, g.shape[1], -1).sum(2)
     return out
@@ -276,24 +275,19 @@ register(nn.Embedding, sq_norms=embedding_sq_norms, grads=embedding_grads)
 
 
 def _layer_norm_hat(module: nn.Module, a: Tensor) -> Tensor:
-    dims = tuple(range(a.dim() - len(module.normalized_shape), a.dim()))
-    mean = a.mean(dims, keepdim=True)
-    var = a.var(dims, unbiased=False, keepdim=True)
-    return (a - mean) * torch.rsqrt(var + module.eps)
+    return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
 
 
 def _rms_norm_hat(module: nn.Module, a: Tensor) -> Tensor:
-    dims = tuple(range(a.dim() - len(module.normalized_shape), a.dim()))
-    eps = module.eps if module.eps is not None else torch.finfo(a.dtype).eps
-    return a * torch.rsqrt(a.square().mean(dims, keepdim=True) + eps)
+    if hasattr(F, "rms_norm"):
+        return F.rms_norm(a, module.normalized_shape, None, module.eps)
+    dims = tuple(range(a.dim() - len(module.normalized_shape), a.dim()))  # pragma: no cover
+    eps = module.eps if module.eps is not None else torch.finfo(a.dtype).eps  # pragma: no cover
+    return a * torch.rsqrt(a.square().mean(dims, keepdim=True) + eps)  # pragma: no cover
 
 
 def _group_norm_hat(module: nn.Module, a: Tensor) -> Tensor:
-    b = a.shape[0]
-    x = a.reshape(b, module.num_groups, -1)
-    mean = x.mean(2, keepdim=True)
-    var = x.var(2, unbiased=False, keepdim=True)
-    return ((x - mean) * torch.rsqrt(var + module.eps)).reshape(a.shape)
+    return F.group_norm(a, module.num_groups, None, None, module.eps)
 
 
 def _batch_norm_hat(module: nn.Module, a: Tensor) -> Tensor:
