@@ -312,3 +312,22 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="trainable"):
         GradientNoiseScale(frozen)
     _ = F
+
+
+def test_plot_noise_scale_over_training():
+    pytest.importorskip("matplotlib")
+    from foresight.plot.gns import noise_scale_over_training
+
+    model = mlp()
+    ests = []
+    with GradientNoiseScale(model, beta=0.5) as gns:
+        for s in range(4):
+            x, y = data(16, seed=30 + s)
+            model.zero_grad()
+            mse(model(x), y).backward()
+            ests.append(gns.step())
+    fig = noise_scale_over_training(range(4), ests, multiple_of=8)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("suggested" in t for t in labels)
+    with pytest.raises(ValueError, match="steps"):
+        noise_scale_over_training(range(3), ests)
