@@ -421,3 +421,19 @@ def test_nothing_attached_between_measurements():
         mon.step(loss=torch.tensor(1.0))
         assert_unchanged(model, before)
     assert len(mon.history) == 1
+
+
+def test_epoch_end_sees_the_last_step_batch():
+    seen = []
+
+    def probe(model, context):
+        seen.append(context.batch)
+        return 0.0
+
+    mon = Monitor(nn.Linear(2, 2), [probe], unit="epoch")
+    mon.step(batch="b1")
+    mon.step(batch="b2")
+    mon.step()
+    mon.epoch_end()
+    mon.epoch_end(batch="explicit")
+    assert seen == ["b2", "explicit"]

@@ -91,6 +91,7 @@ class Monitor:
         self.history = History()
         self.next_step = 0
         self.next_epoch = 0
+        self._last_batch: Any = None
         self._stepping = [m for m in self.metrics if callable(getattr(m, "after_step", None))]
         self._closed = False
         for m in self.metrics:
@@ -115,6 +116,8 @@ class Monitor:
         self._check_open()
         index = self.next_step if step is None else int(step)
         self.next_step = index + 1
+        if batch is not None:
+            self._last_batch = batch
         context = Context(step=index, epoch=self.next_epoch, batch=batch, values=values)
         for m in self._stepping:
             m.after_step(self.model, context)
@@ -128,12 +131,14 @@ class Monitor:
         """Count one epoch; measure if ``unit="epoch"`` and the schedule fires.
 
         Arguments as in :meth:`step` (``epoch=`` instead of ``step=``). The record's ``step`` is
-        the number of ``step()`` calls so far.
+        the number of ``step()`` calls so far. Without ``batch``, metrics see the last batch given
+        to :meth:`step`.
         """
         self._check_open()
         index = self.next_epoch if epoch is None else int(epoch)
         self.next_epoch = index + 1
         if self.unit == "epoch" and self.schedule(index):
+            batch = self._last_batch if batch is None else batch
             context = Context(step=self.next_step, epoch=index, batch=batch, values=values)
             return self._measure(context)
         return None
@@ -142,6 +147,7 @@ class Monitor:
         """Measure now, whatever the schedule says (e.g. once before training starts)."""
         self._check_open()
         epoch = self.next_epoch if self.unit == "step" else max(self.next_epoch - 1, 0)
+        batch = self._last_batch if batch is None else batch
         return self._measure(Context(step=self.next_step, epoch=epoch, batch=batch, values=values))
 
     def close(self) -> None:
@@ -149,6 +155,7 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
+        self._last_batch = None
         for m in self.metrics:
             if callable(getattr(m, "close", None)):
                 m.close()
