@@ -108,3 +108,21 @@ def test_ei_through_the_callback(tmp_path):
     callback = ForesightCallback(["ei"])
     model = fit([callback], tmp_path)
     assert callback.history[-1]["ei"] == pytest.approx(fei.ei(model, torch.zeros(1, 5)))
+
+
+def _has_gns() -> bool:
+    try:
+        return hasattr(importlib.import_module("foresight.gns"), "GradientNoiseScale")
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_gns(), reason="foresight.gns tracker not available")
+def test_gradient_noise_scale_through_the_callback(tmp_path):
+    plain = fit([], tmp_path / "plain", accumulate_grad_batches=2)
+    callback = ForesightCallback(["gns"])
+    watched = fit([callback], tmp_path / "watched", accumulate_grad_batches=2)
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all("b_simple" in r and r["b_simple"] == r["b_simple"] for r in callback.history)
+    assert all(len(m._forward_hooks) + len(m._backward_hooks) == 0 for m in watched.modules())
