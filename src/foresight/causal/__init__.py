@@ -1,0 +1,46 @@
+r"""Causal (perturbational) information of layers: EI, EI_parts, sensitivity, degeneracy.
+
+Mattsson (Marrow), Michaud & Hoel (2020), "Examining the Causal Structures of Deep Neural Networks
+Using Information Theory": perturb a layer's inputs with independent uniform noise and measure, in
+bits, how much its (binned) outputs say about them. See :mod:`foresight.causal.measures` for the
+definitions and the exact estimator, :func:`report` for a whole network.
+
+>>> import torch
+>>> import foresight.causal as fc
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2))
+>>> rep = fc.report(net, samples=2000, seed=0)
+>>> [row.name for row in rep.layers], rep.layers[0].activation
+(['0', '2'], 'Sigmoid')
+"""
+
+from __future__ import annotations
+
+from foresight.causal.activations import known_range
+from foresight.causal.affine import affine_map, is_weight_layer, register_affine
+from foresight.causal.measures import (
+    CausalValue,
+    LayerCausal,
+    degeneracy,
+    ei_parts,
+    layer_ei,
+    layer_measures,
+    sensitivity,
+)
+from foresight.causal.report import CausalReport, CausalRow, report
+
+__all__ = [
+    "CausalReport",
+    "CausalRow",
+    "CausalValue",
+    "LayerCausal",
+    "affine_map",
+    "degeneracy",
+    "ei_parts",
+    "is_weight_layer",
+    "known_range",
+    "layer_ei",
+    "layer_measures",
+    "register_affine",
+    "report",
+    "sensitivity",
+]

@@ -1,0 +1,265 @@
+"""foresight.causal layer measures: closed forms, the per-pair reference, options, errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import foresight.causal as fc
+from tests.reference import causal_reference as ref
+
+LN2 = math.log(2.0)
+
+
+def pair_bias(pairs: int, bins: int, samples: int) -> float:
+    """Expected upward bias (bits) of the plug-in MI of ``pairs`` independent b x b histograms."""
+    return pairs * (bins - 1) ** 2 / (2 * samples * LN2)
+
+
+def linear(weight, bias=None, dtype=torch.float32) -> nn.Linear:
+    w = torch.as_tensor(weight, dtype=dtype)
+    layer = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        if bias is not None:
+            layer.bias.copy_(torch.as_tensor(bias, dtype=dtype))
+    return layer
+
+
+# ------------------------------------------------------------------ closed forms (default samples)
+@pytest.mark.parametrize(("n", "bins"), [(1, 8), (2, 8), (3, 16), (2, 64)])
+def test_identity_layer(n: int, bins: int) -> None:
+    layer = linear(torch.eye(n))
+    m = fc.layer_measures(layer, bins=bins, out_range=(0, 1), seed=n)
+    exact = n * math.log2(bins)
+    # EI: plug-in entropy of b^n equiprobable states, biased down by about (b^n - 1)/(2 N ln 2)
+    assert m.ei == pytest.approx(exact, abs=0.05 + (bins**n - 1) / (2 * m.samples_ei * LN2))
+    # EI_parts: the n diagonal pairs are exact copies; the n(n-1) others are independent
+    off = n * (n - 1)
+    assert m.ei_parts == pytest.approx(exact, abs=0.05 + pair_bias(off, bins, m.samples_ei_parts))
+    assert m.sensitivity == pytest.approx(exact, abs=0.05)  # off-diagonal outputs are constant
+    assert m.degeneracy == pytest.approx(0.0, abs=0.05 + pair_bias(off, bins, m.samples_ei_parts))
+    assert m.converged and m.samples_ei >= fc.measures.START_SAMPLES
+
+
+@pytest.mark.parametrize(("k", "bins"), [(1, 16), (2, 16), (4, 16), (8, 64)])
+def test_single_edge_of_weight_one_over_k(k: int, bins: int) -> None:
+    exact = math.log2(bins / k)
+    one = linear([[1.0 / k]])
+    for f in (fc.layer_ei, fc.ei_parts, fc.sensitivity):
+        assert float(f(one, bins=bins, out_range=(0, 1), seed=1)) == pytest.approx(exact, abs=0.05)
+    # the same edge inside a 3 -> 2 layer: the other outputs are constant (0 bits); the other
+    # inputs are independent of the one varying output (plug-in bias only)
+    w = torch.zeros(2, 3)
+    w[1, 2] = 1.0 / k
+    wide = linear(w)
+    parts = fc.ei_parts(wide, bins=bins, out_range=(0, 1), seed=2)
+    assert parts.value == pytest.approx(exact, abs=0.05 + pair_bias(2, bins, parts.samples))
+    sens = fc.sensitivity(wide, bins=bins, out_range=(0, 1), seed=2)
+    assert sens.value == pytest.approx(exact, abs=0.05)
+
+
+@pytest.mark.parametrize("activation", [None, nn.Sigmoid(), torch.tanh])
+@pytest.mark.parametrize("bias", [False, True])
+def test_zero_weights_carry_nothing(activation, bias: bool) -> None:
+    layer = linear(torch.zeros(3, 4), bias=[0.3, -1.0, 2.0] if bias else None)
+    m = fc.layer_measures(layer, activation=activation, seed=0)
+    assert (m.ei, m.ei_parts, m.sensitivity, m.degeneracy) == (0.0, 0.0, 0.0, 0.0)
+    assert m.samples_ei == fc.measures.START_SAMPLES * 2  # settled at the first doubling
+
+
+@pytest.mark.parametrize(("n_in", "n_out", "bins"), [(1, 1, 16), (2, 3, 16), (4, 2, 32)])
+def test_all_ones_sensitivity(n_in: int, n_out: int, bins: int) -> None:
+    layer = linear(torch.ones(n_out, n_in))
+    sens = fc.sensitivity(layer, bins=bins, out_range=(0, n_in), in_range=(0, n_in), seed=3)
+    # one input alone: every output equals it, binned over the same range
+    assert sens.value == pytest.approx(n_in * n_out * math.log2(bins), abs=0.05)
+
+
+def test_all_ones_sensitivity_unit_ranges() -> None:
+    layer = linear(torch.ones(3, 2))
+    sens = fc.sensitivity(layer, bins=16, out_range=(0, 1), seed=4)
+    assert sens.value == pytest.approx(2 * 3 * 4.0, abs=0.05)
+    # the full perturbation sums the inputs: outputs reach 2, clipped into the last bin
+    parts = fc.ei_parts(layer, bins=16, out_range=(0, 1), seed=4)
+    assert parts.value < sens.value - 5
+
+
+# ------------------------------------------------------------------ the per-pair reference
+CASES = [
+    (3, 2, None, False, (0.0, 1.0), (0.0, 1.0), 8),
+    (4, 3, nn.Sigmoid(), True, (0.0, 1.0), None, 16),
+    (2, 4, torch.tanh, True, (-1.0, 1.0), None, 32),
+    (5, 1, None, True, (0.0, 1.0), None, 8),
+    (3, 3, nn.Sigmoid(), False, (0.0, 1.0), (0.2, 0.7), 8),  # narrow: clipping into edge bins
+    (1, 5, nn.ReLU(), True, (0.0, 2.0), None, 16),
+]
+
+
+@pytest.mark.parametrize(("n_in", "n_out", "act", "bias", "in_range", "out_range", "bins"), CASES)
+def test_matches_per_pair_reference(n_in, n_out, act, bias, in_range, out_range, bins) -> None:
+    torch.manual_seed(n_in * 10 + n_out)
+    layer = nn.Linear(n_in, n_out, bias=bias).double()
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+    m = fc.layer_measures(layer, in_range=in_range, out_range=out_range, bins=bins,
+                          samples=3000, activation=act, seed=11)
+    expected = ref.measures(layer, seed=11, samples=3000, bins=bins, in_range=in_range,
+                            out_range=m.out_range, activation=act)
+    for key, value in expected.items():
+        assert getattr(m, key) == pytest.approx(value, abs=1e-9), key
+
+
+def test_reference_in_blocks_beyond_one_draw() -> None:
+    torch.manual_seed(5)
+    layer = nn.Linear(2, 2).double()
+    n = fc.measures.DRAW_BLOCK + 1000
+    m = fc.layer_measures(layer, bins=8, samples=n, seed=2, activation=nn.Sigmoid())
+    expected = ref.measures(layer, seed=2, samples=n, bins=8, in_range=(0, 1),
+                            out_range=(0, 1), activation=nn.Sigmoid())
+    for key, value in expected.items():
+        assert getattr(m, key) == pytest.approx(value, abs=1e-9), key
+
+
+# ------------------------------------------------------------------ default output range
+def test_default_out_range_bounded_and_exact() -> None:
+    layer = linear([[1.0, -2.0], [0.5, 0.5]], bias=[0.1, -0.2])
+    assert fc.ei_parts(layer, activation=nn.Sigmoid(), samples=100, seed=0).out_range == (0, 1)
+    assert fc.ei_parts(layer, activation=nn.Tanh(), samples=100, seed=0).out_range == (-1, 1)
+    # identity: the exact image of the box [0, 1]^2 and of the single-input interventions
+    lo, hi = fc.ei_parts(layer, samples=100, seed=0).out_range
+    assert lo == pytest.approx(0.1 - 2.0) and hi == pytest.approx(max(1.1, -0.2 + 1.0))
+    relu_lo, relu_hi = fc.ei_parts(layer, activation=nn.ReLU(), samples=100, seed=0).out_range
+    assert relu_lo == 0.0 and relu_hi == pytest.approx(1.1, rel=1e-3)
+
+
+def test_constant_outputs_get_a_unit_range() -> None:
+    layer = linear(torch.zeros(2, 2), bias=[0.5, 0.5])
+    assert fc.layer_ei(layer, samples=100, seed=0).out_range == (0.0, 1.0)
+
+
+# ------------------------------------------------------------------ conv layers
+def test_conv_equals_linear_with_its_jacobian() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel_size=2, padding=1).double()
+    shape = (2, 2, 2)
+    n_in = 8
+    flat = torch.zeros(n_in, dtype=torch.float64)
+
+    def f(v):
+        return conv(v.view(1, *shape)).reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(f, flat)  # [n_out, n_in]
+    dense = linear(jac, bias=f(flat).detach(), dtype=torch.float64)
+    kwargs = {"bins": 8, "samples": 2000, "seed": 5, "activation": nn.Sigmoid()}
+    a = fc.layer_measures(conv, input_shape=shape, **kwargs)
+    b = fc.layer_measures(dense, **kwargs)
+    for key in ("ei", "ei_parts", "sensitivity", "degeneracy"):
+        assert getattr(a, key) == pytest.approx(getattr(b, key), abs=1e-9), key
+
+
+def test_conv_needs_input_shape() -> None:
+    with pytest.raises(ValueError, match="input_shape"):
+        fc.layer_ei(nn.Conv1d(1, 1, 3), samples=10)
+
+
+# ------------------------------------------------------------------ samples, seeds, floats
+def test_reproducible_with_seed() -> None:
+    layer = nn.Linear(4, 3)
+    a = fc.layer_measures(layer, activation=nn.Sigmoid(), bins=16, samples=2000, seed=7)
+    b = fc.layer_measures(layer, activation=nn.Sigmoid(), bins=16, samples=2000, seed=7)
+    c = fc.layer_measures(layer, activation=nn.Sigmoid(), bins=16, samples=2000, seed=8)
+    assert a == b
+    assert a.ei_parts != c.ei_parts
+
+
+def test_seed_none_follows_torch_manual_seed() -> None:
+    layer = nn.Linear(3, 2)
+    torch.manual_seed(1)
+    a = fc.ei_parts(layer, samples=500)
+    torch.manual_seed(1)
+    b = fc.ei_parts(layer, samples=500)
+    assert a == b
+
+
+def test_functions_agree_with_layer_measures() -> None:
+    layer = nn.Linear(3, 2)
+    kw = {"activation": nn.Tanh(), "bins": 16, "samples": 1500, "seed": 3}
+    m = fc.layer_measures(layer, **kw)
+    assert float(fc.layer_ei(layer, **kw)) == m.ei
+    assert float(fc.ei_parts(layer, **kw)) == m.ei_parts
+    assert float(fc.sensitivity(layer, **kw)) == m.sensitivity
+    d = fc.degeneracy(layer, **kw)
+    assert d.value == pytest.approx(m.degeneracy) and d.samples == 1500
+    assert d.to_dict()["measure"] == "degeneracy"
+
+
+def test_adaptive_doubles_until_settled() -> None:
+    layer = linear([[0.25]])
+    r = fc.ei_parts(layer, bins=16, out_range=(0, 1), seed=0)
+    k = math.log2(r.samples / fc.measures.START_SAMPLES)
+    assert r.converged and k >= 1 and k == int(k)
+
+
+def test_adaptive_gives_up_at_max_samples_with_warning() -> None:
+    # joint EI of 6 inputs x 64 bins keeps growing with N (nearly every input state is new)
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 6)
+    with pytest.warns(RuntimeWarning, match="did not settle"):
+        r = fc.layer_ei(layer, tolerance=0.001, max_samples=20_000, seed=0)
+    assert not r.converged and r.samples == 20_000
+
+
+def test_fixed_samples_never_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = fc.layer_ei(nn.Linear(6, 6), samples=200, seed=0)
+    assert r.samples == 200 and r.converged
+
+
+def test_wide_joint_states_are_exact() -> None:
+    # 40 inputs x 64 bins = 240 bits per state: packed into several words, never collide
+    layer = linear(torch.eye(40)[:2])
+    r = fc.layer_ei(layer, bins=4, out_range=(0, 1), samples=20000, seed=0)
+    assert r.value == pytest.approx(4.0, abs=0.01)  # two identity outputs of 4 bins
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"in_range": (1.0, 1.0)}, "in_range"),
+        ({"in_range": (1.0, 0.0)}, "in_range"),
+        ({"in_range": (0.0, float("nan"))}, "in_range"),
+        ({"in_range": 3}, "in_range"),
+        ({"out_range": (0.5, 0.5)}, "out_range"),
+        ({"bins": 1}, "bins"),
+        ({"bins": 2.5}, "bins"),
+        ({"bins": True}, "bins"),
+        ({"samples": 0}, "samples"),
+        ({"samples": 1.5}, "samples"),
+        ({"tolerance": 0}, "tolerance"),
+        ({"max_samples": 10}, "max_samples"),
+        ({"seed": "x"}, "seed"),
+        ({"input_shape": (2, 2)}, "input_shape"),
+    ],
+)
+def test_bad_arguments(kwargs, match) -> None:
+    for f in (fc.layer_ei, fc.ei_parts, fc.sensitivity, fc.degeneracy, fc.layer_measures):
+        with pytest.raises(ValueError, match=match):
+            f(nn.Linear(3, 2), **kwargs)
+
+
+def test_bad_layer_and_activation() -> None:
+    with pytest.raises(TypeError, match="ReLU"):
+        fc.layer_ei(nn.ReLU())
+    with pytest.raises(TypeError, match="activation"):
+        fc.layer_ei(nn.Linear(2, 2), activation=3)
+    with pytest.raises(ValueError, match="elementwise"):
+        fc.layer_ei(nn.Linear(2, 2), activation=lambda t: t.sum(-1), out_range=(0, 1), samples=10)
+    with pytest.raises(ValueError, match="histogram cells"):
+        fc.ei_parts(nn.Linear(300, 300), samples=10, bins=64)
