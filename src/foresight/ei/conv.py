@@ -163,6 +163,73 @@ conv_transpose2d_create_matrix = conv_transpose_create_matrix
 conv_transpose3d_create_matrix = conv_transpose_create_matrix
 
 
+def _taps(n_rows: int, n_steps: int, stride: int, dilation: int, kernel: int, offset: int,
+          n_target: int, circular: bool, transposed: bool, device) -> Tensor:
+    """0/1 (counts) matrix ``m[x, k]`` of the 1-d taps of a convolution along one dimension.
+
+    Convolution (``transposed=False``): input ``x`` is tap ``k`` of some output ``o`` in
+    ``range(n_steps)`` when ``x = o*stride + k*dilation - offset`` (wrapped modulo ``n_rows``
+    for circular padding). Transposed (``transposed=True``): input ``x`` in ``range(n_rows)``
+    reaches output ``y = x*stride + k*dilation - offset``, valid when ``0 <= y < n_target``.
+    """
+    k = torch.arange(kernel, device=device)
+    m = torch.zeros(n_rows, kernel, device=device)
+    if transposed:
+        x = torch.arange(n_rows, device=device)[:, None]
+        y = x * stride + k[None, :] * dilation - offset
+        m += ((y >= 0) & (y < n_target)).to(m.dtype)
+        return m
+    o = torch.arange(n_steps, device=device)[:, None]
+    x = o * stride + k[None, :] * dilation - offset
+    kk = k[None, :].expand_as(x)
+    if circular:
+        x = x % n_rows
+        valid = torch.ones_like(x, dtype=torch.bool)
+    else:
+        valid = (x >= 0) & (x < n_rows)
+    m.index_put_((x[valid], kk[valid]), torch.ones((), device=device), accumulate=True)
+    return m
+
+
+_LETTERS = "abcdefghij"
+
+
+def _apply_taps(kernels: Tensor, taps: list[Tensor]) -> Tensor:
+    """``out[..., x1, x2] = sum_k kernels[..., k1, k2] taps1[x1, k1] taps2[x2, k2]``, any nd."""
+    nd = len(taps)
+    ks, xs = _LETTERS[:nd], _LETTERS[nd : 2 * nd]
+    spec = f"...{ks}," + ",".join(f"{x}{k}" for x, k in zip(xs, ks)) + f"->...{xs}"
+    return torch.einsum(spec, kernels, *[t.to(kernels.dtype) for t in taps])
+
+
+def compact_rows(stacked: Tensor, taps: list[Tensor]):
+    """Row sums evaluated once per distinct tap pattern.
+
+    Along each spatial dimension, input positions with the same row of ``taps`` (the same set of
+    kernel taps reaching them: all interior positions, up to the stride's residues) have the same
+    row sums. Returns ``(rows, counts, expand)``: ``rows[f]`` of shape ``(C, U_1, ..., U_nd)`` over
+    the distinct patterns, ``counts`` (broadcastable) how many positions share each pattern, and
+    ``expand`` mapping such a compact tensor to the full flattened ``(C, n_1, ..., n_nd)`` one.
+    """
+    uniques, inverses, counts = [], [], []
+    for t in taps:
+        u, inv, cnt = torch.unique(t, dim=0, return_inverse=True, return_counts=True)
+        uniques.append(u)
+        inverses.append(inv)
+        counts.append(cnt.to(stacked.dtype))
+    weight = counts[0]
+    for c in counts[1:]:
+        weight = weight[..., None] * c
+    compact = _apply_taps(stacked, uniques)
+
+    def expand(x: Tensor) -> Tensor:
+        for d, idx in enumerate(inverses):
+            x = x.index_select(1 + d, idx)
+        return x.reshape(-1)
+
+    return list(compact.unbind(0)), weight, expand
+
+
 def _numel(shape: Shape) -> int:
     n = 1
     for s in shape:
@@ -183,6 +250,7 @@ class ConvGraph:
     def __post_init__(self) -> None:
         self.nd = len(self.module.kernel_size)
         self.pairs = _padding_pairs(self.module)
+        self._cache: dict = {}
         mode = self.module.padding_mode
         if mode not in ("zeros", "circular"):
             raise NotMatrixFree(
@@ -206,43 +274,49 @@ class ConvGraph:
     def _weight(self) -> Tensor:
         return self.module.weight.detach().to(self.device, self.dtype)
 
-    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
-        m, w = self.module, self._weight()
-        c_out, c_in_g = w.shape[:2]
-        g, kernel = m.groups, tuple(w.shape[2:])
-        c_in = c_in_g * g
-        stacked = torch.cat(
-            [f(w).reshape(g, c_out // g, c_in_g, *kernel).sum(1).reshape(c_in, 1, *kernel)
+    def _f(self, fn: Elementwise) -> Tensor:
+        """``fn(weight)``, kept from :meth:`rows` until :meth:`cols` uses it."""
+        if fn not in self._cache:
+            self._cache[fn] = fn(self._weight())
+        return self._cache[fn]
+
+    def _kernels_and_taps(self, fns: Sequence[Elementwise]) -> tuple[Tensor, list[Tensor]]:
+        m = self.module
+        kernel = tuple(m.kernel_size)
+        g = m.groups
+        c_out, c_in = m.out_channels, m.in_channels
+        ones = torch.ones(g, 1, c_out // g, device=self.device, dtype=self.dtype)
+        stacked = torch.stack(  # sum over each group's output channels, as a batched gemv
+            [torch.bmm(ones, self._f(f).reshape(g, c_out // g, -1)).reshape(c_in, *kernel)
              for f in fns]
         )
-        ones = torch.ones(1, stacked.shape[0], *self.fout[1:], device=self.device, dtype=self.dtype)
-        full = _CONV_T[self.nd](
-            ones, stacked, None, m.stride, 0, 0, stacked.shape[0], m.dilation
-        )
-        folded = self._fold(full)
-        return list(folded.reshape(len(fns), -1).unbind(0))
+        circular = m.padding_mode == "circular"
+        taps = [
+            _taps(n, o, s, d, k, left, n, circular, False, self.device)
+            for n, o, s, d, k, (left, _) in zip(
+                self.fin[1:], self.fout[1:], m.stride, m.dilation, kernel, self.pairs
+            )
+        ]
+        return stacked, taps
 
-    def _fold(self, full: Tensor) -> Tensor:
-        """Map padded coordinates back onto the input (crop for zeros, wrap for circular)."""
-        for i, ((left, right), n) in enumerate(zip(self.pairs, self.fin[1:])):
-            dim = 2 + i
-            length = n + left + right
-            if full.shape[dim] < length:
-                extra = [0, 0] * (full.dim() - dim - 1) + [0, length - full.shape[dim]]
-                full = F.pad(full, extra)
-            if self.module.padding_mode == "circular":
-                idx = (torch.arange(length, device=full.device) - left) % n
-                shape = list(full.shape)
-                shape[dim] = n
-                full = full.new_zeros(shape).index_add_(dim, idx, full)
-            else:
-                full = full.narrow(dim, left, n)
-        return full
+    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
+        stacked, taps = self._kernels_and_taps(fns)
+        out = _apply_taps(stacked, taps)
+        return list(out.reshape(len(fns), -1).unbind(0))
+
+    def rows_compact(self, fns: Sequence[Elementwise]):
+        """:meth:`rows` on the distinct tap patterns only (see :func:`compact_rows`)."""
+        stacked, taps = self._kernels_and_taps(fns)
+        return compact_rows(stacked, taps)
 
     def cols(self, fn: Elementwise, u: Tensor) -> Tensor:
         m = self.module
         u = u.reshape(1, *self.fin).to(self.dtype)
-        return _conv_apply(m, u, fn(self._weight())).reshape(-1)
+        fw = self._cache.pop(fn, None)
+        if fw is None:
+            fw = fn(self._weight())
+        self._cache.clear()
+        return _conv_apply(m, u, fw).reshape(-1)
 
 
 @dataclass
@@ -270,16 +344,26 @@ class ConvTransposeGraph:
     def _weight(self) -> Tensor:
         return self.module.weight.detach().to(self.device, self.dtype)
 
-    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
+    def _kernels_and_taps(self, fns: Sequence[Elementwise]) -> tuple[Tensor, list[Tensor]]:
         m, w = self.module, self._weight()
-        c_in, c_out_g = w.shape[:2]
-        kernel = tuple(w.shape[2:])
-        stacked = torch.cat([f(w).sum(1).reshape(c_in, 1, *kernel) for f in fns])
-        ones = torch.ones(1, stacked.shape[0], *self.fout[1:], device=self.device, dtype=self.dtype)
-        y = _CONV[self.nd](ones, stacked, None, m.stride, m.padding, m.dilation, stacked.shape[0])
-        for i, n in enumerate(self.fin[1:]):
-            y = y.narrow(2 + i, 0, n)
-        return list(y.reshape(len(fns), -1).unbind(0))
+        stacked = torch.stack([f(w).sum(1) for f in fns])  # (n_fns, C_in, *kernel)
+        taps = [
+            _taps(n, 0, s, d, k, p, o, False, True, self.device)
+            for n, o, s, d, k, p in zip(
+                self.fin[1:], self.fout[1:], m.stride, m.dilation, m.kernel_size, m.padding
+            )
+        ]
+        return stacked, taps
+
+    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
+        stacked, taps = self._kernels_and_taps(fns)
+        out = _apply_taps(stacked, taps)
+        return list(out.reshape(len(fns), -1).unbind(0))
+
+    def rows_compact(self, fns: Sequence[Elementwise]):
+        """:meth:`rows` on the distinct tap patterns only (see :func:`compact_rows`)."""
+        stacked, taps = self._kernels_and_taps(fns)
+        return compact_rows(stacked, taps)
 
     def cols(self, fn: Elementwise, u: Tensor) -> Tensor:
         m = self.module

@@ -75,49 +75,76 @@ def degeneracy_of(stats: list[LayerStats]) -> float:
     return 0.0 if pm == 0 and nm == 0 else math.nan
 
 
-def _xlog2x(x: Tensor) -> Tensor:
-    return torch.where(x > 0, x * torch.log2(x.clamp_min(torch.finfo(x.dtype).tiny)), 0.0)
+def _xlnx(x: Tensor) -> Tensor:
+    r""":math:`x \ln x` where :math:`x > 0`, else 0 (logs of clamped values: no slow -inf path)."""
+    out = x.clamp_min(torch.finfo(x.dtype).tiny)
+    out.log_()
+    return out.mul_(x.clamp_min(0))
 
 
-def _column_stats(c: Tensor) -> tuple[float, float, float, float]:
-    c = c.to(torch.float64)
-    pos = c.clamp_min(0)
-    neg = (-c).clamp_min(0)
-    return (
-        float(pos.sum()),
-        float(_xlog2x(pos).sum()),
-        float(neg.sum()),
-        float(_xlog2x(neg).sum()),
-    )
+def _sum64(x: Tensor) -> float:
+    """Sum with float64 accumulation: float32 partial sums of 1024 entries, then float64."""
+    x = x.reshape(-1)
+    if x.dtype == torch.float64 or x.numel() <= 1024:
+        return float(x.sum(dtype=torch.float64))
+    head = x.numel() // 1024 * 1024
+    partial = x[:head].view(-1, 1024).sum(1)
+    return float(partial.sum(dtype=torch.float64) + x[head:].sum(dtype=torch.float64))
 
 
-def _stats(n_in: int, n_out: int, entropies: Tensor, c: Tensor) -> LayerStats:
-    pm, px, nm, nx = _column_stats(c)
-    return LayerStats(n_in, n_out, float(entropies.sum(dtype=torch.float64)), pm, px, nm, nx)
+def _column_stats(c: Tensor, signed: bool) -> tuple[float, float, float, float]:
+    r"""Masses and :math:`\sum c \log_2 c` of the positive (and, if signed, negative) columns."""
+    pm, px = _sum64(c.clamp_min(0)), _sum64(_xlnx(c)) / _LN2
+    if not signed:  # built-in norms: only rounding can make a column mass negative
+        return pm, px, 0.0, 0.0
+    neg = -c
+    return pm, px, _sum64(neg.clamp_min(0)), _sum64(_xlnx(neg)) / _LN2
 
 
-def _safe_div_log(z: Tensor, t: Tensor) -> Tensor:
-    """:math:`\\log_2 z - t / z`, 0 where z == 0."""
-    ok = z > 0
-    zz = torch.where(ok, z, torch.ones_like(z))
-    return torch.where(ok, torch.log2(zz) - t / zz, torch.zeros_like(z))
+def _stats(
+    n_in: int, n_out: int, entropy_sum: Tensor | float, c: Tensor, signed: bool = False
+) -> LayerStats:
+    pm, px, nm, nx = _column_stats(c, signed)
+    return LayerStats(n_in, n_out, float(entropy_sum), pm, px, nm, nx)
 
 
-def _relu_xlog2x(w: Tensor) -> Tensor:
-    return _xlog2x(F.relu(w))
+def _rows(conn: Connectivity, fns: list) -> tuple[list[Tensor], Tensor | None, Callable]:
+    """Row sums, compact (one entry per distinct row pattern, with counts) when the layer can."""
+    compact = getattr(conn, "rows_compact", None)
+    if compact is not None:
+        return compact(fns)
+    return conn.rows(fns), None, _flat
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(-1)
+
+
+def _wsum(x: Tensor, counts: Tensor | None) -> float:
+    """float64 sum of ``x`` over all input neurons (``counts`` per compact entry)."""
+    return _sum64(x if counts is None else x * counts)
 
 
 def _lin(conn: Connectivity) -> LayerStats:
-    s, t = conn.rows([F.relu, _relu_xlog2x])
-    h = _safe_div_log(s, t)
-    u = torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
-    return _stats(conn.n_in, conn.n_out, h, conn.cols(F.relu, u))
+    # s_i = sum_j r_ij and t_i = sum_j r_ij ln r_ij (nats) with r = relu(W)
+    (s, t), counts, expand = _rows(conn, [F.relu, _xlnx])
+    s1 = s.clamp_min(torch.finfo(s.dtype).tiny)
+    u = s1.reciprocal()  # rows with s_i = 0 have r_ij = 0, so u_i does not matter there
+    h = torch.log2(s1).sub_(t * u, alpha=1 / _LN2)  # H_i = log2 s_i - t_i / (s_i ln 2)
+    h = torch.where(s > 0, h, 0.0)
+    c = conn.cols(F.relu, expand(u))
+    return _stats(conn.n_in, conn.n_out, _wsum(h, counts), c)
 
 
 def _none(conn: Connectivity) -> LayerStats:
-    (t,) = conn.rows([_xlog2x])
-    ones = torch.ones_like(t)
-    return _stats(conn.n_in, conn.n_out, -t, conn.cols(lambda w: w, ones))
+    (t,), counts, _ = _rows(conn, [_xlnx])
+    ones = torch.ones(conn.n_in, dtype=t.dtype, device=t.device)
+    c = conn.cols(_identity, ones)
+    return _stats(conn.n_in, conn.n_out, -_wsum(t, counts) / _LN2, c, signed=True)
+
+
+def _identity(w: Tensor) -> Tensor:
+    return w
 
 
 def _soft_g(w: Tensor) -> Tensor:
@@ -129,12 +156,12 @@ def _soft_t(w: Tensor) -> Tensor:
 
 
 def _soft(conn: Connectivity) -> LayerStats:
-    g, t = conn.rows([_soft_g, _soft_t])
+    (g, t), counts, expand = _rows(conn, [_soft_g, _soft_t])
     z = g.to(torch.float64) + conn.n_out
     h = torch.log2(z) - t.to(torch.float64) / z
     inv = 1.0 / z
-    c = inv.sum() + conn.cols(_soft_g, inv.to(g.dtype)).to(torch.float64)
-    return _stats(conn.n_in, conn.n_out, h, c)
+    c = _wsum(inv, counts) + conn.cols(_soft_g, expand(inv.to(g.dtype))).to(torch.float64)
+    return _stats(conn.n_in, conn.n_out, _wsum(h, counts), c)
 
 
 def _sig_g(w: Tensor) -> Tensor:
@@ -147,13 +174,13 @@ def _sig_t(w: Tensor) -> Tensor:
 
 
 def _sig(conn: Connectivity) -> LayerStats:
-    g, t = conn.rows([_sig_g, _sig_t])
+    (g, t), counts, expand = _rows(conn, [_sig_g, _sig_t])
     z = g.to(torch.float64) + conn.n_out / 2
     tt = t.to(torch.float64) - conn.n_out / 2
     h = torch.log2(z) - tt / z
     inv = 1.0 / z
-    c = 0.5 * inv.sum() + conn.cols(_sig_g, inv.to(g.dtype)).to(torch.float64)
-    return _stats(conn.n_in, conn.n_out, h, c)
+    c = 0.5 * _wsum(inv, counts) + conn.cols(_sig_g, expand(inv.to(g.dtype))).to(torch.float64)
+    return _stats(conn.n_in, conn.n_out, _wsum(h, counts), c)
 
 
 _MATRIX_FREE: dict[Callable, Callable[[Connectivity], LayerStats]] = {}
@@ -198,7 +225,7 @@ def _dense(
     if W.dtype not in (torch.float32, torch.float64):
         W = W.float()
     P = norm(W) if norm is not None else W
-    return _stats(P.shape[0], P.shape[1], H(P, dim=1), P.sum(0))
+    return _stats(P.shape[0], P.shape[1], H(P, dim=1).sum(dtype=torch.float64), P.sum(0), True)
 
 
 def _param_dtype(
@@ -221,13 +248,41 @@ def layer_stats(
     default_device: torch.device,
     max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
 ) -> LayerStats:
-    """Row-entropy sum and column-mass statistics of one layer under ``norm``."""
-    for pname, p in module.named_parameters(recurse=False):
-        if not bool(torch.isfinite(p.detach()).all()):
-            raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) has non-finite values (NaN or inf) "
-                f"in its parameter {pname!r}; EI is undefined"
-            )
+    """Row-entropy sum and column-mass statistics of one layer under ``norm``.
+
+    Non-finite weights make some statistic non-finite; only then are the parameters checked, so
+    that the error names the layer and parameter at no cost in the common case.
+    """
+    stats = _layer_stats(
+        module, name, in_shape, out_shape, norm, device, default_dtype, default_device,
+        max_dense_bytes,
+    )
+    values = (stats.entropy_sum, stats.pos_mass, stats.pos_xlogx, stats.neg_mass, stats.neg_xlogx)
+    if not all(math.isfinite(v) for v in values):
+        for pname, p in module.named_parameters(recurse=False):
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise ValueError(
+                    f"layer {name!r} ({type(module).__name__}) has non-finite values (NaN or "
+                    f"inf) in its parameter {pname!r}; EI is undefined"
+                )
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}): the norm overflowed (weights too large "
+            "for soft_norm/sig_norm in this precision?); try float64 weights or lin_norm"
+        )
+    return stats
+
+
+def _layer_stats(
+    module: nn.Module,
+    name: str,
+    in_shape: Shape,
+    out_shape: Shape,
+    norm: Callable | None,
+    device: torch.device | None,
+    default_dtype: torch.dtype,
+    default_device: torch.device,
+    max_dense_bytes: int,
+) -> LayerStats:
     dtype, pdev = _param_dtype(module, default_dtype)
     dev = torch.device(device) if device is not None else (pdev or default_device)
     compute = _matrix_free_for(norm)
