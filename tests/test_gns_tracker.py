@@ -331,3 +331,16 @@ def test_plot_noise_scale_over_training():
     assert any("suggested" in t for t in labels)
     with pytest.raises(ValueError, match="steps"):
         noise_scale_over_training(range(3), ests)
+
+
+def test_measurements_inside_a_step_do_not_disturb_the_tracker():
+    x, y = data(32, seed=7)
+    model = mlp()
+    ref = noise_scale(model, mse, x, y)
+    with GradientNoiseScale(model, beta=0.0) as gns:
+        noise_scale(model, mse, x[:8], y[:8])  # e.g. a Monitor measuring between steps
+        mse(model(x), y).backward()
+        noise_scale(model, mse, x[:8], y[:8])
+        est = gns.step()
+    assert est.batch_size == 32
+    assert close(ref.trace_sigma, est.trace_sigma)

@@ -31,7 +31,12 @@ from torch import Tensor, nn
 
 from foresight._guard import preserved
 from foresight.gns.estimators import ratio
-from foresight.gns.per_example import check_no_coupling, check_reduction, trainable
+from foresight.gns.per_example import (
+    check_no_coupling,
+    check_reduction,
+    suspend_trackers,
+    trainable,
+)
 
 __all__ = ["b_noise"]
 
@@ -94,7 +99,7 @@ def b_noise(
 
     if probes is not None and not 1 <= probes:
         raise ValueError(f"probes must be a positive integer or None, got {probes}")
-    with preserved(model), torch.no_grad():
+    with preserved(model), suspend_trackers(), torch.no_grad():
         per = vmap(grad(one), in_dims=(None, 0, 0))(params, args, targets)
         _, hvp = vjp(grad(batch_loss), params)
         mean = {n: v.mean(0) for n, v in per.items()}

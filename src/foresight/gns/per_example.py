@@ -106,6 +106,24 @@ class Recorder:
         self.on_grad = None
 
 
+_SUSPENDED = [0]
+
+
+def trackers_suspended() -> bool:
+    """Whether a foresight measurement is running its own passes (trackers then ignore them)."""
+    return _SUSPENDED[0] > 0
+
+
+@contextlib.contextmanager
+def suspend_trackers() -> Iterator[None]:
+    """Make :class:`~foresight.gns.GradientNoiseScale` hooks ignore the passes run inside."""
+    _SUSPENDED[0] += 1
+    try:
+        yield
+    finally:
+        _SUSPENDED[0] -= 1
+
+
 @contextlib.contextmanager
 def guarded(model: nn.Module) -> Iterator[nn.Module]:
     """:func:`foresight._guard.preserved` without copying the ``.grad`` tensors.
@@ -118,7 +136,7 @@ def guarded(model: nn.Module) -> Iterator[nn.Module]:
     try:
         for p, _ in saved:
             p.grad = None
-        with preserved(model):
+        with preserved(model), suspend_trackers():
             yield model
     finally:
         for p, grad in saved:

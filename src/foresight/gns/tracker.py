@@ -47,7 +47,14 @@ import torch
 from torch import Tensor, nn
 
 from foresight.gns.estimators import NoiseScale, _unbiased, layer_name, ratio
-from foresight.gns.per_example import _Call, check_reduction, graph_uses, route, trainable
+from foresight.gns.per_example import (
+    _Call,
+    check_reduction,
+    graph_uses,
+    route,
+    trackers_suspended,
+    trainable,
+)
 from foresight.gns.rules import coupled_batch_norms, find_rule
 
 __all__ = ["GradientNoiseScale"]
@@ -165,7 +172,7 @@ class GradientNoiseScale:
     # ------------------------------------------------------------------ hooks
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._closed or not torch.is_grad_enabled():
+        if self._closed or trackers_suspended() or not torch.is_grad_enabled():
             return
         first = next(iter(_tensors(args) + _tensors(kwargs)), None)
         self._fw_batch = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
@@ -173,7 +180,7 @@ class GradientNoiseScale:
         self._fw_calls = []
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._closed or not torch.is_grad_enabled():
+        if self._closed or trackers_suspended() or not torch.is_grad_enabled():
             return
         calls, self._fw_calls = self._fw_calls, []
         signature = Counter(
@@ -188,7 +195,7 @@ class GradientNoiseScale:
 
     def _layer_hook(self, rule):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if self._closed or not torch.is_grad_enabled() or not args:
+            if self._closed or trackers_suspended() or not torch.is_grad_enabled() or not args:
                 return
             if not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
                 return
@@ -203,7 +210,7 @@ class GradientNoiseScale:
 
     def _output_grad_hook(self, module: nn.Module, rule, a: Tensor):
         def hook(grad: Tensor) -> None:
-            if self._closed:
+            if self._closed or trackers_suspended():
                 return
             own = [
                 (n, p)
@@ -222,7 +229,7 @@ class GradientNoiseScale:
 
     def _param_hook(self, p: nn.Parameter):
         def hook(grad: Tensor) -> None:
-            if self._closed or self._plan.get(id(p), "micro") == "norm":
+            if self._closed or trackers_suspended() or self._plan.get(id(p)) == "norm":
                 return
             with torch.no_grad():
                 g = self.group_of[id(p)]
