@@ -48,7 +48,9 @@ def test_demo_command_writes_csv_json_and_png(tmp_path):
     assert summary["config"]["epochs"] == 2 and summary["config"]["seed"] == 1
     assert summary["final"]["ei"] == pytest.approx(float(rows[-1]["ei"]))
     assert "ei" in summary["metrics"]
-    for name in ("ei.png", "dashboard.png"):
+    pngs = [name for name in summary["files"] if name.endswith(".png")]
+    assert {"ei.png", "dashboard.png"} <= set(pngs)
+    for name in pngs:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
 

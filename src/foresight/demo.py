@@ -15,7 +15,9 @@ library is present. Outputs in ``out``:
 * ``summary.json`` -- the configuration, the run time, and the values at the start, the end and
   the turning points of the EI curve;
 * ``ei.png`` -- the seed's figure (EI with train and test loss against epoch);
-* ``dashboard.png`` -- one panel per metric against epoch, with the losses alongside.
+* ``dashboard.png`` -- one panel per metric against epoch, with the losses alongside;
+* ``information_plane.png`` -- with the information plane measured, :mod:`foresight.plot.ib`'s
+  figure of it.
 """
 
 from __future__ import annotations
@@ -332,7 +334,29 @@ def _write_figures(out: str, result: DemoResult) -> list[str]:
     )
     fig.savefig(dash_path, dpi=100)
     plt.close(fig)
-    return [ei_path, dash_path]
+    width = result.config.hidden_width
+    return [ei_path, dash_path, *_metric_figures(out, result.records, plt, width)]
+
+
+def _metric_figures(out: str, records: list[dict[str, Any]], plt: Any, width: int) -> list[str]:
+    """The metric owners' own figures, for the metrics that were measured."""
+    files = []
+    ib_rows = [
+        {"epoch": r["epoch"], "layer": k[len("i_xt/"):], "i_xt": v, "i_ty": r[f"i_ty/{k[5:]}"]}
+        for r in records for k, v in r.items()
+        if k.startswith("i_xt/") and f"i_ty/{k[5:]}" in r
+    ]
+    if ib_rows and _has("foresight.plot.ib", "information_plane_plot"):
+        from foresight.plot.ib import information_plane_plot
+
+        path = os.path.join(out, "information_plane.png")
+        fig = information_plane_plot(
+            ib_rows, title=f"Information plane of the 64-{width}-10 tanh network (binning)"
+        )
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
 
 
 def phases(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """``ForesightCallback``: run a :class:`foresight.Monitor` inside Lightning's ``Trainer``.
 
->>> from foresight.integrations.lightning import ForesightCallback  # doctest: +SKIP
->>> trainer = lightning.Trainer(callbacks=[ForesightCallback(["ei"])])  # doctest: +SKIP
+.. code-block:: python
+
+    from foresight.integrations.lightning import ForesightCallback
+
+    trainer = lightning.pytorch.Trainer(callbacks=[ForesightCallback(["ei", "gns"])])
 
 The callback creates the Monitor on the LightningModule at ``setup``, calls ``monitor.step()``
 once per optimizer step (in ``on_before_optimizer_step``: after the accumulated backward passes and

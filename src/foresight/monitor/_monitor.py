@@ -51,7 +51,7 @@ class Monitor:
         >>> from foresight.monitor import Function, Monitor
         >>> from foresight.schedule import every
         >>> model = torch.nn.Linear(4, 2)
-        >>> norm = lambda m: float(m.weight.norm())
+        >>> norm = lambda m: float(m.weight.detach().norm())
         >>> mon = Monitor(model, [Function(norm, name="w")], schedule=every(2), unit="step")
         >>> for s in range(5):
         ...     _ = mon.step(loss=0.1 * s)
