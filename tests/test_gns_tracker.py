@@ -344,3 +344,22 @@ def test_measurements_inside_a_step_do_not_disturb_the_tracker():
         est = gns.step()
     assert est.batch_size == 32
     assert close(ref.trace_sigma, est.trace_sigma)
+
+
+def test_with_torch_grad_scaler():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    try:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - old torch
+        pytest.skip("no CPU GradScaler")
+    x, y = (t.float() for t in data(16, seed=8))
+    ref = noise_scale(model, mse, x, y)
+    with GradientNoiseScale(model, beta=0.0) as gns:
+        scaler.scale(mse(model(x), y)).backward()
+        est = gns.step(loss_scale=scaler.get_scale())
+        scaler.step(opt)
+        scaler.update()
+    assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-4)
+    assert est.grad_sq_norm == pytest.approx(ref.grad_sq_norm, rel=1e-3)

@@ -27,6 +27,11 @@ norms are divided by its square. ``loss_reduction="mean"`` means ``.grad`` holds
 over all examples of the step (divide a mean loss by the number of micro-batches when
 accumulating, as usual); ``"sum"`` means each backward used a sum over its examples.
 
+Every forward pass of the model with gradients enabled counts as one micro-batch of the step (its
+batch size is read from the first tensor argument, dim 0): run evaluation under
+``torch.no_grad()``, and zero the gradients after each optimizer step. Passes run by foresight's
+own measurements (:func:`~foresight.gns.noise_scale` etc.) are ignored.
+
 Smoothing: the raw unbiased estimates of :math:`|G|^2` and :math:`\\mathrm{tr}(\\Sigma)` are
 averaged separately with an exponential moving average with bias correction,
 :math:`m_n = \\beta m_{n-1} + (1-\\beta) x_n`, :math:`\\hat m_n = m_n / (1 - \\beta^n)`, and
