@@ -358,7 +358,7 @@ def test_gns_tracking_adapter_records_and_keeps_training_identical():
         torch.manual_seed(3)
         model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        mon = Monitor(model, [GradientNoise()], schedule=every(5), unit="step") \
+        mon = Monitor(model, [GradientNoise(per_layer=True)], schedule=every(5), unit="step") \
             if with_monitor else None
         for _ in range(20):
             x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
@@ -377,6 +377,8 @@ def test_gns_tracking_adapter_records_and_keeps_training_identical():
         assert torch.equal(a, b)
     assert [r["step"] for r in mon.history] == [0, 5, 10, 15]
     assert all("b_simple" in r for r in mon.history[1:])
+    assert {k for k in mon.history[-1] if k.startswith("b_simple/")} == {"b_simple/0",
+                                                                         "b_simple/2"}
     assert all(len(m._forward_hooks) + len(m._backward_hooks) == 0 for m in watched.modules())
 
 

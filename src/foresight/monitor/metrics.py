@@ -123,7 +123,8 @@ class GradientNoise:
       of that fixed batch is computed with :func:`foresight.gns.noise_scale` (an extra
       forward/backward of that batch, leaving ``.grad`` as it was).
 
-    Records ``b_simple``, ``trace_sigma`` and ``grad_sq_norm``.
+    Records ``b_simple``, ``trace_sigma`` and ``grad_sq_norm``, and with ``per_layer=True`` also
+    ``b_simple/<group>`` for each parameter group the estimate reports (by default one per layer).
     """
 
     name = "gns"
@@ -133,6 +134,8 @@ class GradientNoise:
         loss_fn: Callable | None = None,
         inputs: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        *,
+        per_layer: bool = False,
         **tracker_options: Any,
     ) -> None:
         probe = (loss_fn, inputs, targets)
@@ -142,6 +145,7 @@ class GradientNoise:
                 "(tracking mode)"
             )
         self.loss_fn, self.inputs, self.targets = probe
+        self.per_layer = per_layer
         self.tracker_options = tracker_options
         self.tracker: Any = None
         self._last: Any = None
@@ -171,11 +175,15 @@ class GradientNoise:
             from foresight.gns import noise_scale
 
             estimate = noise_scale(model, self.loss_fn, self.inputs, self.targets)
-        return {
+        values = {
             "b_simple": float(estimate.b_simple),
             "trace_sigma": float(estimate.trace_sigma),
             "grad_sq_norm": float(estimate.grad_sq_norm),
         }
+        if self.per_layer:
+            for row in getattr(estimate, "layers", None) or []:
+                values[f"b_simple/{_field(row, 'name')}"] = float(_field(row, "b_simple"))
+        return values
 
     def close(self) -> None:
         if self.tracker is not None and hasattr(self.tracker, "close"):

@@ -41,6 +41,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("Determinism and degeneracy", "bits", keys=("determinism", "degeneracy")),
     Panel("EI per layer", "bits", prefix="ei/"),
     Panel("Gradient noise scale", "B_simple (examples)", keys=("b_simple",), logy=True),
+    Panel("Gradient noise scale per layer", "B_simple (examples)", prefix="b_simple/", logy=True),
     Panel("|G|² and tr(Σ)", "squared norm", keys=("grad_sq_norm", "trace_sigma"), logy=True),
     Panel("I(X;T) per layer", "bits", prefix="i_xt/"),
     Panel("I(T;Y) per layer", "bits", prefix="i_ty/"),
