@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -178,10 +177,14 @@ def dense_2020_ei(net: nn.Module, x: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- timing
 
 
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+_clock = time.process_time
+
+
 def _timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
+    t = _clock()
     fn()
-    return time.perf_counter() - t
+    return _clock() - t
 
 
 def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -238,6 +241,7 @@ def time_vs_dense(repeats: int) -> tuple[dict[str, float], dict[str, float]]:
 
 _CHILD = r"""
 import json, resource, sys, torch
+torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from bench_ei import NETWORKS
 import foresight.ei as fei
@@ -259,7 +263,7 @@ def peak_kib(name: str, what: str) -> int:
     import pathlib
 
     root = str(pathlib.Path(__file__).resolve().parent)
-    code = _CHILD.format(root=root, name=name, what=what)
+    code = _CHILD.format(root=root, name=name, what=what, threads=torch.get_num_threads())
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
@@ -280,8 +284,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small networks only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCK), default="cpu",
+        help="cpu: process CPU time (robust on a shared machine, with --threads 1); wall",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    global _clock
+    _clock = CLOCK[args.clock]
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock, "
           f"median of {args.repeats} interleaved runs\n")
 
     names = ["small-cnn@28"] if args.quick else ["resnet50@224", "vgg16@224", "small-cnn@28"]
@@ -298,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("ei", "dense-vectorised", "dense-2020"):
         print(f"  {k:20s} {t[k]:9.4f} {t[k] / t['ei']:10.0f}x   {values[k]:.9f}")
 
+    if args.no_memory:
+        return
     print("\npeak RSS (MiB, ru_maxrss of fresh processes; median of "
           f"{max(1, args.repeats // 2)})")
     print(f"{'network':14s} {'build':>8s} {'forward':>8s} {'ei':>8s} {'ei/fwd':>7s} "
@@ -307,7 +322,6 @@ def main(argv: list[str] | None = None) -> None:
         extra = (m["ei"] - m["build"]) / max(m["forward"] - m["build"], 1e-9)
         print(f"{name:14s} {m['build']:8.0f} {m['forward']:8.0f} {m['ei']:8.0f} "
               f"{m['ei'] / m['forward']:7.2f} {extra:23.2f}")
-    _ = resource  # (the parent's own usage is not reported)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from foresight._result import Result
 from foresight.ei.engine import DEFAULT_MAX_DENSE_BYTES, LayerStats, degeneracy_of, layer_stats
 from foresight.ei.norms import lin_norm
 from foresight.ei.registry import Shape, is_supported
-from foresight.ei.shapes import get_shapes, unsupported_layers
+from foresight.ei.shapes import record_shapes, unsupported_layers
 
 __all__ = ["determinism", "degeneracy", "ei", "report", "EIReport", "LayerEI"]
 
@@ -124,7 +124,7 @@ def _collect(
             names.setdefault(m, n)
         from_input = shapes is None
         if shapes is None:
-            shapes = get_shapes(model, input)
+            shapes = record_shapes(model, input)
         skipped = unsupported_layers(model)
         if from_input:
             skipped += [

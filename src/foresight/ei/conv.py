@@ -15,6 +15,7 @@ A transposed convolution swaps the two roles.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -163,6 +164,28 @@ conv_transpose2d_create_matrix = conv_transpose_create_matrix
 conv_transpose3d_create_matrix = conv_transpose_create_matrix
 
 
+@functools.lru_cache(maxsize=4096)
+def _taps_cpu(n_rows: int, n_steps: int, stride: int, dilation: int, kernel: int, offset: int,
+              n_target: int, circular: bool, transposed: bool) -> Tensor:
+    k = torch.arange(kernel)
+    m = torch.zeros(n_rows, kernel, dtype=torch.float64)
+    if transposed:
+        x = torch.arange(n_rows)[:, None]
+        y = x * stride + k[None, :] * dilation - offset
+        m += ((y >= 0) & (y < n_target)).to(m.dtype)
+        return m
+    o = torch.arange(n_steps)[:, None]
+    x = o * stride + k[None, :] * dilation - offset
+    kk = k[None, :].expand_as(x)
+    if circular:
+        x = x % n_rows
+        valid = torch.ones_like(x, dtype=torch.bool)
+    else:
+        valid = (x >= 0) & (x < n_rows)
+    m.index_put_((x[valid], kk[valid]), torch.ones((), dtype=m.dtype), accumulate=True)
+    return m
+
+
 def _taps(n_rows: int, n_steps: int, stride: int, dilation: int, kernel: int, offset: int,
           n_target: int, circular: bool, transposed: bool, device) -> Tensor:
     """0/1 (counts) matrix ``m[x, k]`` of the 1-d taps of a convolution along one dimension.
@@ -171,35 +194,25 @@ def _taps(n_rows: int, n_steps: int, stride: int, dilation: int, kernel: int, of
     ``range(n_steps)`` when ``x = o*stride + k*dilation - offset`` (wrapped modulo ``n_rows``
     for circular padding). Transposed (``transposed=True``): input ``x`` in ``range(n_rows)``
     reaches output ``y = x*stride + k*dilation - offset``, valid when ``0 <= y < n_target``.
+    The geometry is cached (it depends on shapes only).
     """
-    k = torch.arange(kernel, device=device)
-    m = torch.zeros(n_rows, kernel, device=device)
-    if transposed:
-        x = torch.arange(n_rows, device=device)[:, None]
-        y = x * stride + k[None, :] * dilation - offset
-        m += ((y >= 0) & (y < n_target)).to(m.dtype)
-        return m
-    o = torch.arange(n_steps, device=device)[:, None]
-    x = o * stride + k[None, :] * dilation - offset
-    kk = k[None, :].expand_as(x)
-    if circular:
-        x = x % n_rows
-        valid = torch.ones_like(x, dtype=torch.bool)
-    else:
-        valid = (x >= 0) & (x < n_rows)
-    m.index_put_((x[valid], kk[valid]), torch.ones((), device=device), accumulate=True)
-    return m
+    return _taps_cpu(n_rows, n_steps, stride, dilation, kernel, offset, n_target, circular,
+                     transposed)  # on the CPU; moved to the compute device where used
 
 
-_LETTERS = "abcdefghij"
+@functools.lru_cache(maxsize=4096)
+def _unique_rows(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.unique(t, dim=0, return_inverse=True, return_counts=True)
 
 
 def _apply_taps(kernels: Tensor, taps: list[Tensor]) -> Tensor:
     """``out[..., x1, x2] = sum_k kernels[..., k1, k2] taps1[x1, k1] taps2[x2, k2]``, any nd."""
     nd = len(taps)
-    ks, xs = _LETTERS[:nd], _LETTERS[nd : 2 * nd]
-    spec = f"...{ks}," + ",".join(f"{x}{k}" for x, k in zip(xs, ks)) + f"->...{xs}"
-    return torch.einsum(spec, kernels, *[t.to(kernels.dtype) for t in taps])
+    x = kernels
+    for d, t in enumerate(taps):
+        axis = x.dim() - nd + d
+        x = (x.movedim(axis, -1) @ t.to(x.device, x.dtype).T).movedim(-1, axis)
+    return x
 
 
 def compact_rows(stacked: Tensor, taps: list[Tensor]):
@@ -213,7 +226,9 @@ def compact_rows(stacked: Tensor, taps: list[Tensor]):
     """
     uniques, inverses, counts = [], [], []
     for t in taps:
-        u, inv, cnt = torch.unique(t, dim=0, return_inverse=True, return_counts=True)
+        u, inv, cnt = _unique_rows(t)  # cached, on the CPU
+        dev = stacked.device
+        u, inv, cnt = u.to(dev), inv.to(dev), cnt.to(dev)
         uniques.append(u)
         inverses.append(inv)
         counts.append(cnt.to(stacked.dtype))

@@ -10,7 +10,7 @@ from torch import nn
 from foresight._guard import preserved
 from foresight.ei.registry import PASS_OVER, Shape, is_supported
 
-__all__ = ["get_shapes", "unsupported_layers"]
+__all__ = ["get_shapes", "record_shapes", "unsupported_layers"]
 
 
 def _run(model: nn.Module, input: Any) -> None:
@@ -35,6 +35,13 @@ def get_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Sha
     >>> list(get_shapes(net, torch.randn(5, 4)).values())
     [((5, 4), (5, 3)), ((5, 3), (5, 2))]
     """
+    with preserved(model):
+        return record_shapes(model, input)
+
+
+def record_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Shape]]:
+    """:func:`get_shapes` without its own :func:`~foresight._guard.preserved` (callers that
+    already hold one). Puts the model in eval mode and leaves it so: the caller restores it."""
     shapes: dict[nn.Module, tuple[Shape, Shape]] = {}
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -43,12 +50,17 @@ def get_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Sha
         if isinstance(args[0], torch.Tensor):
             shapes[module] = (tuple(args[0].shape), tuple(output.shape))
 
-    with preserved(model), torch.no_grad():
-        model.eval()
-        for module in model.modules():
-            if is_supported(module):
-                module.register_forward_hook(hook)
-        _run(model, input)
+    handles = []
+    try:
+        with torch.no_grad():
+            model.eval()
+            for module in model.modules():
+                if is_supported(module):
+                    handles.append(module.register_forward_hook(hook))
+            _run(model, input)
+    finally:
+        for h in handles:
+            h.remove()
     return shapes
 
 
