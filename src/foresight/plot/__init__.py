@@ -6,8 +6,9 @@ dict of columns. Functions are re-exported lazily from their topic modules:
 
 * :func:`ei_training` (:mod:`foresight.plot.ei`): the seed's figure, EI with train/test loss;
 * :func:`training_dashboard` (:mod:`foresight.plot.dashboard`): one panel per measured quantity;
-* the metric-specific figures in :mod:`foresight.plot.gns`, :mod:`foresight.plot.ib` and
-  :mod:`foresight.plot.causal`.
+* the metric-specific figures in :mod:`foresight.plot.gns` (``noise_scale_over_training``),
+  :mod:`foresight.plot.ib` (``information_plane_plot``, ``mutual_information_curves``) and
+  :mod:`foresight.plot.causal`, re-exported here under their own names.
 
 Compute modules never import this package.
 """
