@@ -223,3 +223,17 @@ def test_user_errors_are_one_line(workdir, capsys, args, needle):
 def test_no_command_prints_help(capsys):
     code, _, err = main_out(capsys)
     assert code != 0 and "usage: foresight" in err
+
+
+def test_missing_optional_dependency_is_one_line(monkeypatch, capsys, tmp_path):
+    import foresight.demo as demo_module
+
+    def no_sklearn(*args, **kwargs):
+        from foresight._optional import require
+
+        return require("no_such_package_xyz", "foresight demo")
+
+    monkeypatch.setattr(demo_module, "run", no_sklearn)
+    code, _, err = main_out(capsys, "demo", "--out", str(tmp_path / "d"))
+    assert code == cli.EXIT_USER_ERROR
+    assert "pip install" in one_error_line(err)

@@ -324,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"foresight: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except ImportError as exc:  # an optional dependency is missing: require() says what to install
+        print(f"foresight: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("foresight: interrupted", file=sys.stderr)
         return 130
