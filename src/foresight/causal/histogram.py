@@ -31,14 +31,21 @@ from torch import Tensor
 
 __all__ = ["bin_indices", "pack_rows", "joint_labels", "plugin_mi", "pairwise_mi", "PairCounts"]
 
-#: Largest number of int64 elements one bincount call builds at a time (32 MiB).
-CHUNK_ELEMENTS = 1 << 22
+#: (sample, pair) entries counted per chunk: small enough to stay in cache.
+CHUNK_ELEMENTS = 1 << 19
 
 
-def bin_indices(values: Tensor, lo: float, hi: float, bins: int) -> Tensor:
-    """Bin index (``int64``, in ``[0, bins)``) of every element, out-of-range values clipped."""
-    scaled = (values.double() - lo) * (bins / (hi - lo))
-    return scaled.floor_().clamp_(0, bins - 1).long()
+def bin_indices(
+    values: Tensor, lo: float, hi: float, bins: int, *, inplace: bool = False
+) -> Tensor:
+    """Bin index (``int32``, in ``[0, bins)``) of every element, out-of-range values clipped.
+
+    Computed in the dtype of ``values`` (float32 layers bin in float32); ``inplace=True`` reuses
+    ``values`` as scratch space.
+    """
+    scaled = values if inplace else values.clone()
+    scaled.sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
+    return scaled.to(torch.int32)  # truncation == floor for non-negative values
 
 
 def pack_rows(indices: Tensor, bins: int) -> Tensor:
@@ -60,11 +67,15 @@ def pack_rows(indices: Tensor, bins: int) -> Tensor:
 
 
 def joint_labels(packed: Tensor) -> Tensor:
-    """Number the distinct rows of packed states (:func:`pack_rows`) ``0, 1, ...``."""
-    if packed.shape[1] == 1:
-        _, labels = torch.unique(packed[:, 0], return_inverse=True)
-    else:
-        _, labels = torch.unique(packed, dim=0, return_inverse=True)
+    """Number the distinct rows of packed states (:func:`pack_rows`) ``0, 1, ...`` (``int64``).
+
+    One 1-D :func:`torch.unique` per word: the labels so far times the number of distinct values
+    of the next word, plus its label, stays below ``N ** 2``.
+    """
+    _, labels = torch.unique(packed[:, 0], return_inverse=True)
+    for j in range(1, packed.shape[1]):
+        uniq, nxt = torch.unique(packed[:, j], return_inverse=True)
+        _, labels = torch.unique(labels * len(uniq) + nxt, return_inverse=True)
     return labels
 
 
@@ -110,31 +121,65 @@ def pairwise_mi(counts: Tensor) -> Tensor:
 class PairCounts:
     """Accumulated 2-D histograms ``[n_in, n_out, bins, bins]`` of (input bin, output bin) pairs.
 
-    :meth:`add` takes input indices ``[S, n_in]`` and output indices either ``[S, n_out]`` (one
-    experiment in which all inputs vary: every pair sees the same samples) or ``[S, n_in, n_out]``
-    (one experiment per input). All pairs are counted by one ``bincount`` over combined indices
-    ``((A * n_out + B) * bins + x_A) * bins + y_B``, in chunks of samples.
+    :meth:`add` takes ``int32`` input indices ``[S, n_in]`` and output indices either
+    ``[S, n_out]`` (one experiment in which all inputs vary: every pair sees the same samples) or
+    ``[S, n_in, n_out]`` (one experiment per input). All pairs are counted at once through the
+    combined index ``((A * n_out + B) * bins + x_A) * bins + y_B``, in cache-sized chunks of
+    samples, by ``index_add_`` into one count vector. The counting runs in float32 (the fast path
+    of ``index_add_``), exact because it is moved into the ``int64`` total before any cell can
+    pass :math:`2^{24}`.
     """
+
+    _EXACT = 1 << 24  # float32 counts are exact integers up to here
 
     def __init__(self, n_in: int, n_out: int, bins: int, device: torch.device | None = None):
         self.n_in, self.n_out, self.bins = n_in, n_out, bins
-        size = n_in * n_out * bins * bins
-        self.counts = torch.zeros(size, dtype=torch.long, device=device)
-        pairs = torch.arange(n_in * n_out, device=device).view(n_in, n_out)
-        self._base = pairs * (bins * bins)
+        cells = n_in * n_out * bins * bins
+        if cells >= 2**31:
+            raise ValueError(f"{cells} histogram cells do not fit 32-bit indices")
+        self.total = torch.zeros(cells, dtype=torch.long, device=device)
+        self._recent = torch.zeros(cells, dtype=torch.float32, device=device)
+        self._recent_samples = 0
+        b2 = bins * bins
+        self._in_offset = torch.arange(n_in, device=device) * (n_out * b2)  # [n_in]
+        self._out_offset = torch.arange(n_out, device=device) * b2  # [n_out]
+        self._ones = torch.ones(0, dtype=torch.float32, device=device)
+
+    def chunk(self) -> int:
+        """Samples per chunk (about :data:`CHUNK_ELEMENTS` pair entries)."""
+        return max(1, CHUNK_ELEMENTS // (self.n_in * self.n_out))
+
+    def _count(self, key: Tensor, samples: int) -> None:
+        if self._recent_samples + samples > self._EXACT:
+            self._flush()
+        n = key.numel()
+        if self._ones.numel() < n:
+            self._ones = torch.ones(n, dtype=torch.float32, device=self.total.device)
+        self._recent.index_add_(0, key.reshape(-1), self._ones[:n])
+        self._recent_samples += samples
+
+    def _flush(self) -> None:
+        self.total += self._recent.long()
+        self._recent.zero_()
+        self._recent_samples = 0
 
     def add(self, x_idx: Tensor, y_idx: Tensor) -> None:
-        """Count one batch of binned samples."""
-        n = x_idx.shape[0]
-        per_sample = self.n_in * self.n_out
-        step = max(1, CHUNK_ELEMENTS // max(1, per_sample))
-        b = self.bins
-        for s in range(0, n, step):
-            xs = x_idx[s : s + step]
+        """Count one batch of binned samples (``y_idx`` is not modified)."""
+        step = self.chunk()
+        for s in range(0, x_idx.shape[0], step):
+            xa = (x_idx[s : s + step] * self.bins).add_(self._in_offset)  # [S, n_in] int64
             ys = y_idx[s : s + step]
-            y_part = ys.unsqueeze(1) if ys.dim() == 2 else ys
-            key = self._base + xs.unsqueeze(2) * b + y_part
-            self.counts += torch.bincount(key.reshape(-1), minlength=self.counts.numel())
+            if ys.dim() == 2:
+                key = xa.unsqueeze(2) + (ys + self._out_offset).unsqueeze(1)
+            else:
+                key = (xa.unsqueeze(2) + self._out_offset).add_(ys)
+            self._count(key, ys.shape[0])
+
+    @property
+    def counts(self) -> Tensor:
+        """All counts so far, ``int64`` of length ``n_in * n_out * bins ** 2``."""
+        self._flush()
+        return self.total
 
     def mi(self) -> Tensor:
         """Plug-in MI (bits) of every pair, ``[n_in, n_out]`` float64."""

@@ -156,13 +156,10 @@ class _Setup:
 
     def single_outputs(self, x: Tensor) -> Tensor:
         """Outputs ``[S, n_in, n_out]`` when only input ``A`` (column ``A`` of ``x``) is set."""
-        return apply(self.activation, self.b + x.unsqueeze(2) * self.w)
+        return apply(self.activation, torch.addcmul(self.b, x.unsqueeze(2), self.w))
 
     def in_bins(self, x: Tensor) -> Tensor:
         return hist.bin_indices(x, *self.in_range, self.bins)
-
-    def out_bins(self, y: Tensor) -> Tensor:
-        return hist.bin_indices(y, *self.out_range, self.bins)
 
 
 def _check_range(name: str, value: Any) -> Range:
@@ -235,13 +232,38 @@ def _setup(
 
 
 # ------------------------------------------------------------------------------ estimators
+class _Block:
+    """One block of noise with its binned inputs and (full-intervention) outputs, made once and
+    shared by every measure that needs them."""
+
+    def __init__(self, setup: _Setup, x: Tensor) -> None:
+        self.setup, self.x = setup, x
+        self._xi: Tensor | None = None
+        self._yi: Tensor | None = None
+
+    @property
+    def xi(self) -> Tensor:
+        if self._xi is None:
+            self._xi = self.setup.in_bins(self.x)
+        return self._xi
+
+    @property
+    def yi(self) -> Tensor:
+        if self._yi is None:
+            y = self.setup.outputs(self.x)
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("the layer gives non-finite outputs under the perturbation")
+            self._yi = hist.bin_indices(y, *self.setup.out_range, self.setup.bins, inplace=True)
+        return self._yi
+
+
 class _Estimator:
     """Accumulates samples for one measure; ``value()`` is the estimate from all so far."""
 
     def __init__(self, setup: _Setup) -> None:
         self.setup = setup
 
-    def add(self, x: Tensor) -> None:  # pragma: no cover - interface
+    def add(self, block: _Block) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def value(self) -> float:  # pragma: no cover - interface
@@ -254,10 +276,9 @@ class _JointEI(_Estimator):
         self.x_words: list[Tensor] = []
         self.y_words: list[Tensor] = []
 
-    def add(self, x: Tensor) -> None:
-        s = self.setup
-        self.x_words.append(hist.pack_rows(s.in_bins(x), s.bins))
-        self.y_words.append(hist.pack_rows(s.out_bins(s.outputs(x)), s.bins))
+    def add(self, block: _Block) -> None:
+        self.x_words.append(hist.pack_rows(block.xi, self.setup.bins))
+        self.y_words.append(hist.pack_rows(block.yi, self.setup.bins))
 
     def value(self) -> float:
         x = hist.joint_labels(torch.cat(self.x_words))
@@ -282,18 +303,18 @@ class _Pairwise(_Estimator):
 
 
 class _Parts(_Pairwise):
-    def add(self, x: Tensor) -> None:
-        s = self.setup
-        self.counts.add(s.in_bins(x), s.out_bins(s.outputs(x)))
+    def add(self, block: _Block) -> None:
+        self.counts.add(block.xi, block.yi)
 
 
 class _Sensitivity(_Pairwise):
-    def add(self, x: Tensor) -> None:
+    def add(self, block: _Block) -> None:
         s = self.setup
-        step = max(1, hist.CHUNK_ELEMENTS // (s.n_in * s.n_out))
-        for i in range(0, x.shape[0], step):
-            xs = x[i : i + step]
-            self.counts.add(s.in_bins(xs), s.out_bins(s.single_outputs(xs)))
+        step = self.counts.chunk()
+        for i in range(0, block.x.shape[0], step):
+            y = s.single_outputs(block.x[i : i + step])
+            y_idx = hist.bin_indices(y, *s.out_range, s.bins, inplace=True)
+            self.counts.add(block.xi[i : i + step], y_idx)
 
 
 _ESTIMATORS: dict[str, type[_Estimator]] = {
@@ -311,49 +332,57 @@ def _resolve_seed(seed: int | None) -> int:
     return seed
 
 
-def _feed(est: _Estimator, gen: torch.Generator, n: int) -> None:
-    s = est.setup
-    lo, hi = s.in_range
+def _feed(estimators: list[_Estimator], setup: _Setup, gen: torch.Generator, n: int) -> None:
+    lo, hi = setup.in_range
     while n > 0:
         m = min(n, DRAW_BLOCK)
-        u = torch.rand((m, s.n_in), generator=gen, dtype=s.w.dtype)
-        est.add((lo + (hi - lo) * u).to(s.w.device))
+        u = torch.rand((m, setup.n_in), generator=gen, dtype=setup.w.dtype)
+        block = _Block(setup, (lo + (hi - lo) * u).to(setup.w.device))
+        for est in estimators:
+            est.add(block)
         n -= m
 
 
 def _estimate(
-    measure: str, setup: _Setup, samples: int | None, seed: int, tolerance: float,
+    measures: Sequence[str], setup: _Setup, samples: int | None, seed: int, tolerance: float,
     max_samples: int,
-) -> CausalValue:
-    est = _ESTIMATORS[measure](setup)
+) -> dict[str, CausalValue]:
+    """Estimate several measures from one stream of noise (the same numbers as one at a time)."""
+    ests = {name: _ESTIMATORS[name](setup) for name in measures}
     gen = torch.Generator().manual_seed(seed)
-    converged = True
+
+    def result(name: str, value: float, total: int, converged: bool) -> CausalValue:
+        return CausalValue(name, value, total, setup.bins, setup.in_range, setup.out_range,
+                           converged)
+
     if samples is not None:
-        _feed(est, gen, samples)
-        total, value = samples, est.value()
-    else:
-        _feed(est, gen, START_SAMPLES)
-        total, value = START_SAMPLES, est.value()
-        converged = False
-        while 2 * total <= max_samples:
-            _feed(est, gen, total)
-            total *= 2
-            new = est.value()
-            change = abs(new - value)
-            value = new
+        _feed(list(ests.values()), setup, gen, samples)
+        return {name: result(name, e.value(), samples, True) for name, e in ests.items()}
+    _feed(list(ests.values()), setup, gen, START_SAMPLES)
+    total = START_SAMPLES
+    last = {name: e.value() for name, e in ests.items()}
+    done: dict[str, CausalValue] = {}
+    while len(done) < len(ests) and 2 * total <= max_samples:
+        active = [name for name in ests if name not in done]
+        _feed([ests[name] for name in active], setup, gen, total)
+        total *= 2
+        for name in active:
+            new = ests[name].value()
+            change = abs(new - last[name])
+            last[name] = new
             if change <= tolerance * abs(new) or change <= ABSOLUTE_FLOOR:
-                converged = True
-                break
-        if not converged:
+                done[name] = result(name, new, total, True)
+    for name in ests:
+        if name not in done:
             warnings.warn(
-                f"foresight.causal: {measure} did not settle within {tolerance:.0%} by "
-                f"max_samples={max_samples} (last value {value:.3f} bits); the number is "
+                f"foresight.causal: {name} did not settle within {tolerance:.0%} by "
+                f"max_samples={max_samples} (last value {last[name]:.3f} bits); the number is "
                 "reported with converged=False",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-    return CausalValue(measure, value, total, setup.bins, setup.in_range, setup.out_range,
-                       converged)
+            done[name] = result(name, last[name], total, False)
+    return {name: done[name] for name in ests}
 
 
 # ------------------------------------------------------------------------------ public API
@@ -364,9 +393,9 @@ def _measure(measure: str, layer: nn.Module, **options: Any) -> CausalValue:
     setup = _setup(layer, **options)
     seed = _resolve_seed(seed)
     if measure != "degeneracy":
-        return _estimate(measure, setup, samples, seed, tolerance, max_samples)
-    sens = _estimate("sensitivity", setup, samples, seed, tolerance, max_samples)
-    parts = _estimate("ei_parts", setup, samples, seed, tolerance, max_samples)
+        return _estimate([measure], setup, samples, seed, tolerance, max_samples)[measure]
+    both = _estimate(["sensitivity", "ei_parts"], setup, samples, seed, tolerance, max_samples)
+    sens, parts = both["sensitivity"], both["ei_parts"]
     return CausalValue("degeneracy", sens.value - parts.value, max(sens.samples, parts.samples),
                        setup.bins, setup.in_range, setup.out_range,
                        sens.converged and parts.converged)
@@ -534,9 +563,9 @@ def layer_measures(
     _check_options(bins, samples, tolerance, max_samples)
     setup = _setup(layer, input_shape, in_range, out_range, bins, activation)
     seed = _resolve_seed(seed)
-    ei = _estimate("ei", setup, samples, seed, tolerance, max_samples)
-    parts = _estimate("ei_parts", setup, samples, seed, tolerance, max_samples)
-    sens = _estimate("sensitivity", setup, samples, seed, tolerance, max_samples)
+    values = _estimate(["ei", "ei_parts", "sensitivity"], setup, samples, seed, tolerance,
+                       max_samples)
+    ei, parts, sens = values["ei"], values["ei_parts"], values["sensitivity"]
     return LayerCausal(
         ei=ei.value,
         ei_parts=parts.value,
