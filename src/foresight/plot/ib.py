@@ -1,0 +1,182 @@
+"""Information-plane figures: the plane coloured by epoch, and I(X;T), I(T;Y) against epoch.
+
+Both take the history of an :class:`foresight.ib.InformationPlaneTracker` (the tracker itself, its
+``history``, a list of dicts with ``epoch``, ``layer``, ``i_xt``, ``i_ty``, or a
+``pandas.DataFrame`` with those columns).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from foresight._optional import require
+
+__all__ = ["information_plane_plot", "mutual_information_curves"]
+
+_FIELDS = ("epoch", "layer", "i_xt", "i_ty")
+
+
+def _records(history: Any) -> list[dict[str, Any]]:
+    """Plain records ``{epoch, layer, i_xt, i_ty}`` from the accepted history forms."""
+    if hasattr(history, "history") and not isinstance(history, (list, tuple, dict)):
+        history = history.history  # a tracker
+    if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas.DataFrame
+        history = history.to_dict("records")
+    rows = []
+    for rec in history:
+        get = rec.get if isinstance(rec, dict) else (lambda k, r=rec: getattr(r, k, None))
+        row = {k: get(k) for k in _FIELDS}
+        missing = [k for k, v in row.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"history records need {list(_FIELDS)}; a record lacks {missing}: {rec!r}"
+            )
+        rows.append(row)
+    if not rows:
+        raise ValueError("history is empty: record the information plane first (tracker.update)")
+    return rows
+
+
+def _layers_in_order(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.setdefault(str(r["layer"]), None)
+    return list(seen)
+
+
+def information_plane_plot(
+    history: Any,
+    *,
+    ax: Any = None,
+    cmap: str = "viridis",
+    layers: Sequence[str] | None = None,
+    title: str | None = "Information plane",
+    connect: bool = True,
+):
+    """Each layer's (I(X;T), I(T;Y)) at every recorded epoch, coloured by epoch.
+
+    Points of one epoch are joined input to output (``connect``); the colour scale is
+    logarithmic in ``epoch + 1``, as training slows down. Markers differ by layer.
+
+    Args:
+        history: a tracker, its ``history``, a list of records or a ``pandas.DataFrame``.
+        ax: a matplotlib ``Axes`` to draw into (default: a new figure).
+        cmap: matplotlib colour map for the epochs.
+        layers: the layers to draw (default: all, in recorded order).
+        title: the axes title (``None`` for none).
+        connect: join the layers of one epoch with a thin line.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    >>> rows = [{"epoch": e, "layer": n, "i_xt": 4 - i + e / 10, "i_ty": 0.2 * e}
+    ...         for e in range(3) for i, n in enumerate(["1", "3"])]
+    >>> fig = information_plane_plot(rows)
+    >>> fig.axes[0].get_xlabel()
+    'I(X;T) (bits)'
+    """
+    plt = require("matplotlib.pyplot", "foresight.plot.ib")
+    colors = require("matplotlib.colors", "foresight.plot.ib")
+    rows = _records(history)
+    names = list(layers) if layers is not None else _layers_in_order(rows)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
+    else:
+        fig = ax.figure
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    norm = colors.LogNorm(vmin=epochs[0] + 1, vmax=max(epochs[-1] + 1, epochs[0] + 2))
+    colormap = plt.get_cmap(cmap)
+    markers = "osD^v<>ph*"
+    by_epoch: dict[int, dict[str, tuple[float, float]]] = {}
+    for r in rows:
+        by_epoch.setdefault(int(r["epoch"]), {})[str(r["layer"])] = (r["i_xt"], r["i_ty"])
+    for epoch in epochs:
+        points = [by_epoch[epoch][n] for n in names if n in by_epoch[epoch]]
+        if connect and len(points) > 1:
+            ax.plot(*zip(*points), color=colormap(norm(epoch + 1)), lw=0.6, alpha=0.5)
+    scatter = None
+    for i, name in enumerate(names):
+        pts = [(e, *by_epoch[e][name]) for e in epochs if name in by_epoch[e]]
+        if not pts:
+            continue
+        es, xs, ys = zip(*pts)
+        scatter = ax.scatter(
+            xs, ys, c=[e + 1 for e in es], cmap=colormap, norm=norm, s=18,
+            marker=markers[i % len(markers)], edgecolors="none", label=f"layer {name}",
+        )
+    if scatter is not None:
+        fig.colorbar(scatter, ax=ax, label="epoch + 1")
+    ax.set_xlabel("I(X;T) (bits)")
+    ax.set_ylabel("I(T;Y) (bits)")
+    if len(names) <= 10:
+        ax.legend(loc="lower right", fontsize="small", markerscale=1.2)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def mutual_information_curves(
+    history: Any,
+    *,
+    quantity: str = "both",
+    ax: Any = None,
+    layers: Sequence[str] | None = None,
+    logx: bool = True,
+    title: str | None = None,
+):
+    """I(X;T) and/or I(T;Y) of every layer against epoch.
+
+    Args:
+        history: a tracker, its ``history``, a list of records or a ``pandas.DataFrame``.
+        quantity: ``"both"`` (two panels), ``"i_xt"`` or ``"i_ty"`` (one panel).
+        ax: an ``Axes`` (one quantity) or a pair of ``Axes`` (``"both"``); default a new figure.
+        layers: the layers to draw (default: all, in recorded order).
+        logx: logarithmic epoch axis (``symlog``, so epoch 0 stays visible).
+        title: a figure title (``None`` for none).
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    >>> rows = [{"epoch": e, "layer": "1", "i_xt": 3.0, "i_ty": 0.1 * e} for e in range(4)]
+    >>> fig = mutual_information_curves(rows)
+    >>> [a.get_ylabel() for a in fig.axes]
+    ['I(X;T) (bits)', 'I(T;Y) (bits)']
+    """
+    plt = require("matplotlib.pyplot", "foresight.plot.ib")
+    if quantity not in ("both", "i_xt", "i_ty"):
+        raise ValueError(f"quantity must be 'both', 'i_xt' or 'i_ty', got {quantity!r}")
+    rows = _records(history)
+    names = list(layers) if layers is not None else _layers_in_order(rows)
+    quantities = ["i_xt", "i_ty"] if quantity == "both" else [quantity]
+    if ax is None:
+        fig, axes = plt.subplots(
+            1, len(quantities), figsize=(5 * len(quantities), 3.8), layout="constrained",
+            squeeze=False,
+        )
+        axes = list(axes[0])
+    else:
+        axes = list(ax) if isinstance(ax, (list, tuple)) else [ax]
+        if len(axes) != len(quantities):
+            raise ValueError(f"quantity={quantity!r} needs {len(quantities)} Axes, got {len(axes)}")
+        fig = axes[0].figure
+    labels = {"i_xt": "I(X;T) (bits)", "i_ty": "I(T;Y) (bits)"}
+    colormap = plt.get_cmap("plasma")
+    for q, a in zip(quantities, axes):
+        for i, name in enumerate(names):
+            pts = sorted((int(r["epoch"]), r[q]) for r in rows if str(r["layer"]) == name)
+            if pts:
+                xs, ys = zip(*pts)
+                color = colormap(i / max(1, len(names) - 1) * 0.85)
+                a.plot(xs, ys, color=color, lw=1.5, label=f"layer {name}")
+        a.set_xlabel("epoch")
+        a.set_ylabel(labels[q])
+        if logx:
+            a.set_xscale("symlog", linthresh=1.0)
+        if not all(math.isfinite(r[q]) for r in rows):
+            a.set_title("(non-finite values skipped)", fontsize="small")
+    axes[-1].legend(fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
