@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foresight.gns import per_example, per_example_sq_norms, per_parameter_sq_norms
+from foresight.gns import per_example, per_example_sq_norms, per_parameter_sq_norms, rules
 from tests.reference.model_state import assert_unchanged, snapshot
 from tests.reference.per_example_loop import (
     per_example_param_sq_norms_loop,
@@ -85,8 +85,10 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("method", ["loop", "grouped"])
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
-def test_conv(case, monkeypatch):
+def test_conv(case, method, monkeypatch):
+    monkeypatch.setattr(rules, "CONV_METHOD", method)
     cls, kw = CONV_CASES[case]
     nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[cls]
     g = torch.Generator().manual_seed(case)
@@ -327,3 +329,23 @@ def test_bad_arguments():
         per_example_sq_norms(model, lambda o, t: (o - t).square(), x, y)
     with pytest.raises(TypeError, match="inputs"):
         per_example_sq_norms(model, mse, [x], y)
+
+
+class ConvTwice(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, **kw)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.conv(torch.tanh(self.conv(x)))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["loop", "grouped"])
+@pytest.mark.parametrize(
+    "kw", [dict(padding=1), dict(padding="same", groups=2, padding_mode="reflect", dilation=2)]
+)
+def test_conv_called_twice_materialised(method, kw, monkeypatch):
+    monkeypatch.setattr(rules, "CONV_METHOD", method)
+    check(ConvTwice(**kw), torch.randn(3, 4, 9, 9), torch.randn(3, 2), monkeypatch=monkeypatch)

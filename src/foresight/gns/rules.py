@@ -172,9 +172,14 @@ def _conv_input(module: nn.Module, a: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     return a, tuple(module.padding)
 
 
-def _conv_weight_grads(module: nn.Module, a: Tensor, g: Tensor):
-    """Yield each example's weight gradient (the convolution's own weight backward run on one
-    example: the same arithmetic as the batch's weight gradient, split by example)."""
+#: How per-example conv weight gradients are formed: ``"loop"`` (the convolution's weight
+#: backward, one example at a time), ``"grouped"`` (one grouped convolution of the input with the
+#: output gradients as kernels, all examples at once) or ``"auto"``: the loop on a single-threaded
+#: CPU, where it is fastest, else the grouped form (one large call instead of B small ones).
+CONV_METHOD = "auto"
+
+
+def _conv_weight_grads_loop(module: nn.Module, a: Tensor, g: Tensor):
     x, padding = _conv_input(module, a)
     nd = len(module.kernel_size)
     for i in range(a.shape[0]):
@@ -193,19 +198,62 @@ def _conv_weight_grads(module: nn.Module, a: Tensor, g: Tensor):
         )[1]
 
 
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _conv_weight_grads_grouped(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """``[B, *weight.shape]``: per-example weight gradients as one grouped convolution.
+
+    :math:`W_b[o, c, k] = \\sum_l G_b[o, l]\\, X_b[c, l s + k d]` is a convolution of the
+    (padded) input with the output gradient as kernel, stride :math:`d` and dilation :math:`s`
+    (the layer's dilation and stride swapped); every (example, group) pair is one group.
+    """
+    x, padding = _conv_input(module, a)
+    nd = len(module.kernel_size)
+    bsz, groups = x.shape[0], module.groups
+    cin_g, cout = x.shape[1] // groups, g.shape[1]
+    inp = x.reshape(bsz * groups, cin_g, *x.shape[2:]).transpose(0, 1)
+    ker = g.reshape(bsz * cout, 1, *g.shape[2:])
+    out = _CONV[nd](
+        inp,
+        ker,
+        None,
+        stride=tuple(module.dilation),
+        padding=tuple(padding),
+        dilation=tuple(module.stride),
+        groups=bsz * groups,
+    )
+    out = out[(slice(None), slice(None)) + tuple(slice(0, k) for k in module.kernel_size)]
+    return out.transpose(0, 1).reshape(bsz, *module.weight.shape)
+
+
+def _conv_weight_grads(module: nn.Module, a: Tensor, g: Tensor):
+    """Each example's weight gradient (an iterable of weight-shaped tensors)."""
+    method = CONV_METHOD
+    if method == "auto":
+        single = a.device.type == "cpu" and torch.get_num_threads() == 1
+        method = "loop" if single else "grouped"
+    if method == "loop":
+        return _conv_weight_grads_loop(module, a, g)
+    return _conv_weight_grads_grouped(module, a, g)
+
+
 def conv_sq_norms(module: nn.Module, a: Tensor, g: Tensor) -> PerParam:
     """Conv1d/2d/3d (stride, padding incl. modes, dilation, groups).
 
     The weight's per-example gradient :math:`\\sum_l G_{bl} A_{bl}^\\top` (``l`` the output
-    positions, ``A`` the input patches) is formed one example at a time by the convolution's own
-    weight backward and reduced to its squared norm at once (memory: one weight).
+    positions, ``A`` the input patches) is formed by the convolution's own weight backward one
+    example at a time, or for all examples by one grouped convolution (see ``CONV_METHOD``), and
+    reduced to its squared norm.
     """
     out: PerParam = {}
     bsz = a.shape[0]
     if _wants(module, "weight"):
-        out["weight"] = torch.stack(
-            [w.square().sum() for w in _conv_weight_grads(module, a, g)]
-        ).reshape(bsz)
+        grads = _conv_weight_grads(module, a, g)
+        if isinstance(grads, Tensor):
+            out["weight"] = _sq(grads)
+        else:
+            out["weight"] = torch.stack([w.square().sum() for w in grads]).reshape(bsz)
     if _wants(module, "bias"):
         out["bias"] = _sq(g.reshape(bsz, g.shape[1], -1).sum(2))
     return out
@@ -216,7 +264,8 @@ def conv_grads(module: nn.Module, a: Tensor, g: Tensor) -> PerParam:
     out: PerParam = {}
     bsz = a.shape[0]
     if _wants(module, "weight"):
-        out["weight"] = torch.stack(list(_conv_weight_grads(module, a, g)))
+        grads = _conv_weight_grads(module, a, g)
+        out["weight"] = grads if isinstance(grads, Tensor) else torch.stack(list(grads))
     if _wants(module, "bias"):
         out["bias"] = g.reshape(bsz, g.shape[1], -1).sum(2)
     return out
