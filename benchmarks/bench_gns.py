@@ -9,7 +9,7 @@ of CPU tensor memory allocated during one call above what was held before it (fr
 profiler's memory events, op granularity), again as a ratio to the baseline. A peer that fails on
 a model is reported as skipped with the reason.
 
-Run: ``python benchmarks/bench_gns.py [--reps N] [--models mlp,cnn,transformer]``.
+Run: ``python benchmarks/bench_gns.py [--reps N] [--threads T] [--models mlp,cnn,transformer]``.
 """
 
 from __future__ import annotations
@@ -235,7 +235,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--models", default="mlp,cnn,transformer")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: leave torch's default)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.models.split(","):
         bench(name, args.reps)

@@ -50,8 +50,8 @@ class _Call:
 
     module: nn.Module
     rule: Rule
-    a: Tensor
-    out: Tensor
+    a: Tensor | None
+    out: Tensor | None
 
 
 class Recorder:
@@ -302,8 +302,11 @@ def per_parameter_sq_norms(
                 ]
                 if not own:
                     return
+                if call.a is None:
+                    return
                 with torch.no_grad():
                     a, g = call.a.detach(), grad.detach()
+                    call.a = None  # release the activation as autograd would
                     if any(plan[id(p)] == "norm" for _, p in own):
                         sq = call.rule.sq_norms(call.module, a, g)
                         for n, p in own:
@@ -327,10 +330,17 @@ def per_parameter_sq_norms(
                         for p in call.module.parameters(recurse=False)
                     ):
                         continue
-                    anchor = call.a if call.a.requires_grad else _smallest(call.module)
+                    anchor = _anchor(call)
                     if id(anchor) not in seen:
                         seen.add(id(anchor))
                         request.append(anchor)
+            for call in rec.calls:  # keep only what the hooks need, so memory frees as usual
+                call.out = None
+                if not any(
+                    plan.get(id(p)) in ("norm", "sum")
+                    for p in call.module.parameters(recurse=False)
+                ):
+                    call.a = None
             grads = torch.autograd.grad(loss, request, allow_unused=True) if request else ()
         finally:
             rec.remove()
@@ -355,8 +365,15 @@ def per_parameter_sq_norms(
     return norms, mean_grads
 
 
-def _smallest(module: nn.Module) -> Tensor:
-    own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+def _anchor(call: _Call) -> Tensor:
+    """What to ask autograd for so that it reaches ``call``'s layer: a bias-like (1-D) parameter
+    (its gradient is a cheap sum), else the layer input, else its smallest parameter."""
+    own = [p for p in call.module.parameters(recurse=False) if p.requires_grad]
+    flat = [p for p in own if p.dim() <= 1]
+    if flat:
+        return min(flat, key=lambda p: p.numel())
+    if call.a is not None and call.a.requires_grad:
+        return call.a
     return min(own, key=lambda p: p.numel())
 
 
