@@ -17,7 +17,7 @@ from foresight.ei.registry import Elementwise, Shape, register_layer
 
 __all__ = ["linear_create_matrix", "LinearGraph"]
 
-_CHUNK_ELEMENTS = 1 << 22  # rows of the weight processed at a time (bounds the extra memory)
+_CHUNK_ELEMENTS = 1 << 20  # weight entries processed at a time (bounds the extra memory)
 
 
 def linear_create_matrix(module: nn.Linear, in_shape: Shape, out_shape: Shape) -> Tensor:
@@ -57,15 +57,24 @@ class LinearGraph:
             yield self.weight[start : start + step].detach().to(self.device, self.dtype)
 
     def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
+        # in-place gemv accumulation: no small temporaries that would pin freed chunks in the heap
         out = [torch.zeros(self.n_in, device=self.device, dtype=self.dtype) for _ in fns]
+        ones = None
         for w in self._chunks():
+            if ones is None or ones.shape[0] != w.shape[0]:
+                ones = torch.ones(w.shape[0], device=self.device, dtype=self.dtype)
             for acc, f in zip(out, fns):
-                acc += f(w).sum(0)
+                acc.addmv_(f(w).t(), ones)
         return out
 
     def cols(self, fn: Elementwise, u: Tensor) -> Tensor:
         u = u.reshape(-1).to(self.dtype)
-        return torch.cat([fn(w) @ u for w in self._chunks()])
+        out = torch.empty(self.n_out, device=self.device, dtype=self.dtype)
+        start = 0
+        for w in self._chunks():
+            torch.mv(fn(w), u, out=out[start : start + w.shape[0]])
+            start += w.shape[0]
+        return out
 
 
 @register_layer(nn.Linear, dense=linear_create_matrix)
