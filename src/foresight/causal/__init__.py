@@ -26,13 +26,16 @@ from foresight.causal.measures import (
     layer_measures,
     sensitivity,
 )
-from foresight.causal.report import CausalReport, CausalRow, report
+from foresight.causal.report import RECORD_KEYS, CausalReport, CausalRow, report
+from foresight.causal.tracker import CausalTracker
 
 __all__ = [
     "CausalReport",
     "CausalRow",
+    "CausalTracker",
     "CausalValue",
     "LayerCausal",
+    "RECORD_KEYS",
     "affine_map",
     "degeneracy",
     "ei_parts",

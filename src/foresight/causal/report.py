@@ -34,7 +34,15 @@ from foresight.causal.activations import (
 from foresight.causal.affine import affine_map, is_weight_layer
 from foresight.causal.measures import MAX_SAMPLES, Range, _resolve_seed, layer_measures
 
-__all__ = ["CausalRow", "CausalReport", "report", "weight_layers"]
+__all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "report", "weight_layers"]
+
+#: Row attribute -> key prefix in flat records (``monitor.history``, ``CausalReport.record()``).
+RECORD_KEYS = {
+    "ei": "causal_ei",
+    "ei_parts": "ei_parts",
+    "sensitivity": "sensitivity",
+    "degeneracy": "causal_degeneracy",
+}
 
 _NORM_TYPES: tuple[type, ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -69,6 +77,16 @@ class CausalReport(Result):
 
     layers: list[CausalRow] = field(default_factory=list)
     seed: int = 0
+
+    def record(self) -> dict[str, float]:
+        """Flat ``{key/layer: bits}``, the keys :class:`foresight.monitor.CausalEI` records:
+        ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>``,
+        ``causal_degeneracy/<layer>``."""
+        out: dict[str, float] = {}
+        for r in self.layers:
+            for attr, key in RECORD_KEYS.items():
+                out[f"{key}/{r.name}"] = float(getattr(r, attr))
+        return out
 
     def row(self, name: str) -> CausalRow:
         """The row of the layer called ``name``."""

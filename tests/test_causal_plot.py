@@ -1,0 +1,81 @@
+"""CausalTracker records and the causal figures (foresight.plot.causal)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import foresight.causal as fc
+from foresight.schedule import at, every
+
+
+def tiny_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2), nn.Sigmoid())
+
+
+def test_tracker_records_match_report_and_leave_training_rng_alone() -> None:
+    net = tiny_net()
+    tracker = fc.CausalTracker(net, at(0, 2), bins=8, samples=400, seed=3)
+    torch.manual_seed(123)
+    out = [tracker.step(s, loss=float(s)) for s in range(3)]
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(1))  # the tracker drew nothing from the global RNG
+    assert out[1] is None and [r["epoch"] for r in tracker.history] == [0, 2]
+    rep = fc.report(net, bins=8, samples=400, seed=3)
+    expected = rep.record()
+    assert {k: tracker.history[0][k] for k in expected} == expected
+    assert set(expected) == {f"{p}/{n}" for p in fc.RECORD_KEYS.values() for n in ("0", "2")}
+    assert tracker.reports[0][0] == 0 and tracker.history[1]["loss"] == 2.0
+
+
+def test_tracker_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        fc.CausalTracker("net")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        fc.CausalTracker(tiny_net(), seed=None)  # type: ignore[arg-type]
+
+
+def history() -> list[dict]:
+    tracker = fc.CausalTracker(tiny_net(), every(1), bins=8, samples=300)
+    for s in range(3):
+        tracker.step(s)
+    return tracker.history
+
+
+def test_layer_ei_training_figure() -> None:
+    pytest.importorskip("matplotlib")
+    from foresight.plot.causal import layer_ei_training
+
+    h = history()
+    fig = layer_ei_training(h, measure="sensitivity")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["layer 0", "layer 2"]
+    assert list(lines[0].get_ydata()) == [r["sensitivity/0"] for r in h]
+    fig2 = layer_ei_training(h, layers=["2"])
+    assert len(fig2.axes[0].get_lines()) == 1
+    with pytest.raises(ValueError, match="measure"):
+        layer_ei_training(h, measure="nope")
+    with pytest.raises(ValueError, match="layers"):
+        layer_ei_training(h, layers=["9"])
+    with pytest.raises(ValueError, match="step"):
+        layer_ei_training(h, x="step")
+
+
+def test_causal_plane_figure_into_given_axes() -> None:
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from foresight.plot.causal import causal_plane
+
+    h = history()
+    fig, ax = plt.subplots()
+    assert causal_plane(h, ax=ax) is fig
+    labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["layer 0", "layer 2"]
+    star = [line for line in ax.get_lines() if line.get_label() == "layer 0"][0]
+    assert star.get_xdata()[0] == h[-1]["sensitivity/0"]
+    assert star.get_ydata()[0] == h[-1]["causal_degeneracy/0"]
+    with pytest.raises(ValueError, match="sensitivity"):
+        causal_plane([{"epoch": 0, "loss": 1.0}])
+    plt.close("all")
