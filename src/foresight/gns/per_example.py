@@ -51,7 +51,7 @@ class _Call:
     module: nn.Module
     rule: Rule
     a: Tensor | None
-    out: Tensor | None
+    out_batch: int  # leading size of the output (the tensor itself is not kept)
 
 
 class Recorder:
@@ -80,7 +80,7 @@ class Recorder:
             if not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
                 return
             if output.requires_grad:
-                call = _Call(module, rule, args[0], output)
+                call = _Call(module, rule, args[0], _lead(output))
                 self.calls.append(call)
                 self.grad_handles.append(output.register_hook(self._grad_hook(call)))
 
@@ -143,6 +143,10 @@ def guarded(model: nn.Module) -> Iterator[nn.Module]:
             p.grad = grad
 
 
+def _lead(t: Tensor) -> int:
+    return int(t.shape[0]) if t.dim() > 0 else -1
+
+
 def check_reduction(loss_reduction: str) -> None:
     if loss_reduction not in ("mean", "sum"):
         raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
@@ -191,7 +195,7 @@ def route(
     for call in calls:
         own = [p for p in call.module.parameters(recurse=False) if p.requires_grad]
         n_calls.update(id(p) for p in own)
-        if call.a.dim() < 1 or call.a.shape[0] != batch or call.out.shape[0] != batch:
+        if call.a.dim() < 1 or call.a.shape[0] != batch or call.out_batch != batch:
             off.update(id(p) for p in own)
     plan: dict[int, str] = {}
     for _, p in params:
@@ -335,7 +339,6 @@ def per_parameter_sq_norms(
                         seen.add(id(anchor))
                         request.append(anchor)
             for call in rec.calls:  # keep only what the hooks need, so memory frees as usual
-                call.out = None
                 if not any(
                     plan.get(id(p)) in ("norm", "sum")
                     for p in call.module.parameters(recurse=False)

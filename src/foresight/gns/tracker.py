@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from foresight.gns.estimators import NoiseScale, _unbiased, layer_name, ratio
 from foresight.gns.per_example import (
     _Call,
+    _lead,
     check_reduction,
     graph_uses,
     route,
@@ -188,9 +189,7 @@ class GradientNoiseScale:
         if self._closed or trackers_suspended() or not torch.is_grad_enabled():
             return
         calls, self._fw_calls = self._fw_calls, []
-        signature = Counter(
-            (id(c.module), tuple(c.a.shape[:1]), tuple(c.out.shape[:1])) for c in calls
-        )
+        signature = Counter((id(c.module), tuple(c.a.shape[:1]), c.out_batch) for c in calls)
         if signature != self._signature or not self._plan:
             outs = [t for t in _tensors(output) if t.requires_grad]
             self._plan = route(calls, self.params, graph_uses(*outs), self._fw_batch)
@@ -206,7 +205,7 @@ class GradientNoiseScale:
                 return
             if not output.requires_grad:
                 return
-            call = _Call(module, rule, args[0], output)
+            call = _Call(module, rule, args[0], _lead(output))
             self._fw_calls.append(call)
             a = args[0].detach()
             output.register_hook(self._output_grad_hook(module, rule, a))
