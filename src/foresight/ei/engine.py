@@ -85,7 +85,7 @@ def _xlnx(x: Tensor) -> Tensor:
 def _sum64(x: Tensor) -> float:
     """Sum with float64 accumulation: float32 partial sums of 1024 entries, then float64."""
     x = x.reshape(-1)
-    if x.dtype == torch.float64 or x.numel() <= 1024:
+    if x.dtype == torch.float64 or x.numel() <= 1 << 16:
         return float(x.sum(dtype=torch.float64))
     head = x.numel() // 1024 * 1024
     partial = x[:head].view(-1, 1024).sum(1)
@@ -94,9 +94,11 @@ def _sum64(x: Tensor) -> float:
 
 def _column_stats(c: Tensor, signed: bool) -> tuple[float, float, float, float]:
     r"""Masses and :math:`\sum c \log_2 c` of the positive (and, if signed, negative) columns."""
-    pm, px = _sum64(c.clamp_min(0)), _sum64(_xlnx(c)) / _LN2
     if not signed:  # built-in norms: only rounding can make a column mass negative
-        return pm, px, 0.0, 0.0
+        pos = c.clamp_min(0)
+        xlnx = pos.clamp_min(torch.finfo(pos.dtype).tiny).log_().mul_(pos)
+        return _sum64(pos), _sum64(xlnx) / _LN2, 0.0, 0.0
+    pm, px = _sum64(c.clamp_min(0)), _sum64(_xlnx(c)) / _LN2
     neg = -c
     return pm, px, _sum64(neg.clamp_min(0)), _sum64(_xlnx(neg)) / _LN2
 

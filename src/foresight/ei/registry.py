@@ -144,7 +144,10 @@ def find_builder(module: nn.Module) -> Builder | None:
 
 def is_supported(module: nn.Module) -> bool:
     """Whether ``module`` has a registered weight graph (matrix-free rule or dense builder)."""
-    return find_rule(module) is not None or find_builder(module) is not None
+    for klass in type(module).__mro__:
+        if klass in RULES or klass in VALID_MODULES:
+            return True
+    return False
 
 
 def features(shape: Shape, n_spatial: int) -> Shape:
