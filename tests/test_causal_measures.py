@@ -15,6 +15,16 @@ from tests.reference import causal_reference as ref
 LN2 = math.log(2.0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on the shared 2-core test machine a second thread only waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def pair_bias(pairs: int, bins: int, samples: int) -> float:
     """Expected upward bias (bits) of the plug-in MI of ``pairs`` independent b x b histograms."""
     return pairs * (bins - 1) ** 2 / (2 * samples * LN2)

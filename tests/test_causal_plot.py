@@ -10,6 +10,16 @@ import foresight.causal as fc
 from foresight.schedule import at, every
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on the shared 2-core test machine a second thread only waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def tiny_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2), nn.Sigmoid())

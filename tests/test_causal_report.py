@@ -12,6 +12,16 @@ import foresight.causal as fc
 from tests.reference.model_state import assert_unchanged, snapshot
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on the shared 2-core test machine a second thread only waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(OrderedDict([

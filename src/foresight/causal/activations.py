@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Activation", "ACTIVATION_TYPES", "TRANSPARENT_TYPES", "known_range", "activation_name",
-    "apply", "check_activation",
+    "apply", "apply_", "check_activation",
 ]
 
 Activation = Callable[[Tensor], Tensor] | nn.Module | None
@@ -83,6 +83,27 @@ def apply(activation: Activation, pre: Tensor) -> Tensor:
             f"activation {activation_name(activation)} must be elementwise (same shape out as in)"
         )
     return out
+
+
+def _inplace_method(activation: Activation) -> str | None:
+    if type(activation) in (nn.Sigmoid,) or activation in (torch.sigmoid, F.sigmoid):
+        return "sigmoid_"
+    if type(activation) in (nn.Tanh,) or activation in (torch.tanh, F.tanh):
+        return "tanh_"
+    if type(activation) is nn.ReLU or activation in (torch.relu, F.relu):
+        return "relu_"
+    return None
+
+
+def apply_(activation: Activation, pre: Tensor) -> Tensor:
+    """Like :func:`apply`, but may overwrite ``pre`` (in place for sigmoid, tanh, ReLU)."""
+    try:
+        method = _inplace_method(activation)
+    except TypeError:  # a callable whose == fails
+        method = None
+    if method is None:
+        return apply(activation, pre)
+    return getattr(pre, method)()
 
 
 def check_activation(activation: Any) -> None:

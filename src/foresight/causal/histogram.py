@@ -91,14 +91,19 @@ def _mi_bits(n: Tensor, joint: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return (nats / (n * math.log(2.0))).clamp_(min=0.0)
 
 
-def plugin_mi(a: Tensor, b: Tensor) -> float:
-    """Plug-in mutual information (bits) of two label vectors of equal length."""
+def plugin_mi(a: Tensor, b: Tensor, *, dense: bool = False) -> float:
+    """Plug-in mutual information (bits) of two label vectors of equal length.
+
+    ``dense=True`` promises labels ``0 .. K-1`` with every label used (as :func:`joint_labels`
+    gives), skipping their renumbering.
+    """
     if a.shape != b.shape or a.dim() != 1:
         raise ValueError(f"plugin_mi: need two 1-D label vectors of equal length, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     n = torch.tensor(float(a.numel()), dtype=torch.float64)
-    _, a = torch.unique(a, return_inverse=True)
-    _, b = torch.unique(b, return_inverse=True)
+    if not dense:
+        _, a = torch.unique(a, return_inverse=True)
+        _, b = torch.unique(b, return_inverse=True)
     nb = int(b.max()) + 1
     _, joint = torch.unique(a * nb + b, return_counts=True)
     mi = _mi_bits(n, _xlogx_sum(joint, (0,)), _xlogx_sum(torch.bincount(a), (0,)),
@@ -144,6 +149,7 @@ class PairCounts:
         self._in_offset = torch.arange(n_in, device=device) * (n_out * b2)  # [n_in]
         self._out_offset = torch.arange(n_out, device=device) * b2  # [n_out]
         self._ones = torch.ones(0, dtype=torch.float32, device=device)
+        self._keys = torch.empty((0, n_in, n_out), dtype=torch.long, device=device)
 
     def chunk(self) -> int:
         """Samples per chunk (about :data:`CHUNK_ELEMENTS` pair entries)."""
@@ -169,11 +175,18 @@ class PairCounts:
         for s in range(0, x_idx.shape[0], step):
             xa = (x_idx[s : s + step] * self.bins).add_(self._in_offset)  # [S, n_in] int64
             ys = y_idx[s : s + step]
+            key = self._key_buffer(ys.shape[0])
             if ys.dim() == 2:
-                key = xa.unsqueeze(2) + (ys + self._out_offset).unsqueeze(1)
+                torch.add(xa.unsqueeze(2), (ys + self._out_offset).unsqueeze(1), out=key)
             else:
-                key = (xa.unsqueeze(2) + self._out_offset).add_(ys)
+                torch.add(xa.unsqueeze(2), self._out_offset, out=key).add_(ys)
             self._count(key, ys.shape[0])
+
+    def _key_buffer(self, rows: int) -> Tensor:
+        if self._keys.shape[0] < rows:
+            self._keys = torch.empty((rows, self.n_in, self.n_out), dtype=torch.long,
+                                     device=self.total.device)
+        return self._keys[:rows]
 
     @property
     def counts(self) -> Tensor:

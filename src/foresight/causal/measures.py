@@ -66,7 +66,13 @@ from torch import Tensor, nn
 
 from foresight._result import Result
 from foresight.causal import histogram as hist
-from foresight.causal.activations import Activation, apply, check_activation, known_range
+from foresight.causal.activations import (
+    Activation,
+    apply,
+    apply_,
+    check_activation,
+    known_range,
+)
 from foresight.causal.affine import affine_map
 
 __all__ = [
@@ -153,10 +159,6 @@ class _Setup:
     def outputs(self, x: Tensor) -> Tensor:
         """Outputs under the full intervention, ``[S, n_out]``."""
         return apply(self.activation, torch.addmm(self.b, x, self.w))
-
-    def single_outputs(self, x: Tensor) -> Tensor:
-        """Outputs ``[S, n_in, n_out]`` when only input ``A`` (column ``A`` of ``x``) is set."""
-        return apply(self.activation, torch.addcmul(self.b, x.unsqueeze(2), self.w))
 
     def in_bins(self, x: Tensor) -> Tensor:
         return hist.bin_indices(x, *self.in_range, self.bins)
@@ -283,7 +285,7 @@ class _JointEI(_Estimator):
     def value(self) -> float:
         x = hist.joint_labels(torch.cat(self.x_words))
         y = hist.joint_labels(torch.cat(self.y_words))
-        return hist.plugin_mi(x, y)
+        return hist.plugin_mi(x, y, dense=True)
 
 
 class _Pairwise(_Estimator):
@@ -308,11 +310,19 @@ class _Parts(_Pairwise):
 
 
 class _Sensitivity(_Pairwise):
+    def __init__(self, setup: _Setup) -> None:
+        super().__init__(setup)
+        step = self.counts.chunk()
+        self._pre = torch.empty((step, setup.n_in, setup.n_out), dtype=setup.w.dtype,
+                                device=setup.w.device)
+
     def add(self, block: _Block) -> None:
         s = self.setup
         step = self.counts.chunk()
         for i in range(0, block.x.shape[0], step):
-            y = s.single_outputs(block.x[i : i + step])
+            xs = block.x[i : i + step]
+            pre = torch.addcmul(s.b, xs.unsqueeze(2), s.w, out=self._pre[: xs.shape[0]])
+            y = apply_(s.activation, pre)  # outputs with only input A set, [S, n_in, n_out]
             y_idx = hist.bin_indices(y, *s.out_range, s.bins, inplace=True)
             self.counts.add(block.xi[i : i + step], y_idx)
 
