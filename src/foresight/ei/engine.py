@@ -185,9 +185,6 @@ def _sig(conn: Connectivity) -> LayerStats:
     return _stats(conn.n_in, conn.n_out, _wsum(h, counts), c)
 
 
-_MATRIX_FREE: dict[Callable, Callable[[Connectivity], LayerStats]] = {}
-
-
 def _matrix_free_for(norm: Callable | None) -> Callable[[Connectivity], LayerStats] | None:
     if norm is None:
         return _none
