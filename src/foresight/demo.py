@@ -16,8 +16,8 @@ library is present. Outputs in ``out``:
   the turning points of the EI curve;
 * ``ei.png`` -- the seed's figure (EI with train and test loss against epoch);
 * ``dashboard.png`` -- one panel per metric against epoch, with the losses alongside;
-* ``information_plane.png`` -- with the information plane measured, :mod:`foresight.plot.ib`'s
-  figure of it.
+* ``information_plane.png`` and ``causal_plane.png`` -- the figures of :mod:`foresight.plot.ib`
+  and :mod:`foresight.plot.causal`, when those measures were taken.
 """
 
 from __future__ import annotations
@@ -352,6 +352,17 @@ def _metric_figures(out: str, records: list[dict[str, Any]], plt: Any, width: in
         path = os.path.join(out, "information_plane.png")
         fig = information_plane_plot(
             ib_rows, title=f"Information plane of the 64-{width}-10 tanh network (binning)"
+        )
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    measured = [r for r in records if any(k.startswith("sensitivity/") for k in r)]
+    if measured and _has("foresight.plot.causal", "causal_plane"):
+        from foresight.plot.causal import causal_plane
+
+        path = os.path.join(out, "causal_plane.png")
+        fig = causal_plane(
+            measured, title=f"Causal plane of the 64-{width}-10 tanh network's layers"
         )
         fig.savefig(path, dpi=110)
         plt.close(fig)
