@@ -54,6 +54,9 @@ class EIReport(Result):
     norm: str = "lin_norm"
 
     def __str__(self) -> str:
+        def num(v: float) -> str:
+            return f"{(0.0 if abs(v) < 5e-5 else v):.4f}"  # no "-0.0000" from rounding
+
         head = ("layer", "type", "inputs", "outputs", "determinism", "degeneracy", "ei", "effect.")
         rows = [
             (
@@ -61,17 +64,17 @@ class EIReport(Result):
                 r.type,
                 str(r.inputs),
                 str(r.outputs),
-                f"{r.determinism:.4f}",
-                f"{r.degeneracy:.4f}",
-                f"{r.ei:.4f}",
-                f"{r.effectiveness:.4f}",
+                num(r.determinism),
+                num(r.degeneracy),
+                num(r.ei),
+                num(r.effectiveness),
             )
             for r in self.layers
         ]
         rows.append(
             ("total", "", str(sum(r.inputs for r in self.layers)),
-             str(sum(r.outputs for r in self.layers)), f"{self.determinism:.4f}",
-             f"{self.degeneracy:.4f}", f"{self.ei:.4f}", "")
+             str(sum(r.outputs for r in self.layers)), num(self.determinism),
+             num(self.degeneracy), num(self.ei), "")
         )
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
 
