@@ -65,7 +65,7 @@ def train_and_track(
     ``estimators`` maps a label to the options of :func:`foresight.ib.information_plane`
     (``method``, ``bins``/``range``/``bin_size`` or ``noise_var``...).
     """
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # a tiny network: threads only add overhead
     sums: dict[str, dict[tuple[int, str], list[float]]] = {k: defaultdict(list) for k in estimators}
     run = Run()
     for seed in seeds:

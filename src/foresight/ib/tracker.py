@@ -44,8 +44,10 @@ class InformationPlaneTracker:
         inputs: ``[N, ...]`` fixed samples (X uniform over them).
         labels: ``[N]`` integer labels.
         schedule: when to measure, a ``foresight.schedule`` object or any ``f(epoch) -> bool``.
-        layers, method, batch_size, **options: passed to
-            :func:`~foresight.ib.information_plane`.
+        layers: module names (default: see :func:`~foresight.ib.information_plane`).
+        method: ``"binning"`` or ``"kde"``.
+        batch_size: forward the inputs in batches of this size.
+        **options: the estimator's options (``bins``, ``range``, ``bin_size``, ``noise_var``...).
 
     >>> from foresight.schedule import every
     >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
