@@ -7,8 +7,14 @@ trainable parameters, :func:`per_example_sq_norms` returns
 How: forward hooks record each supported layer's input; tensor hooks on its output receive the
 output gradient during one backward pass of the batch loss, and the layer's rule
 (:mod:`foresight.gns.rules`) turns the pair into per-example squared norms without forming
-per-example gradients. The backward pass asks autograd only for what the rules need, so the
-parameter gradients themselves are not computed.
+per-example gradients (conv layers form them a few examples at a time). The backward pass asks
+autograd only for what the rules need -- the layer output gradients, reached by asking for the
+bias-sized gradients -- so the weight gradients themselves are not computed, and activations are
+released as in a plain backward pass.
+
+Assumption: every hooked layer sees the batch on dim 0 of its first input (as the model input).
+A layer whose input's leading size is not the batch size goes to the fallback; a sequence-first
+layer whose sequence length happens to equal the batch size cannot be told apart.
 
 Every trainable parameter is routed by counting its uses in the autograd graph:
 
