@@ -349,3 +349,21 @@ class ConvTwice(nn.Module):
 def test_conv_called_twice_materialised(method, kw, monkeypatch):
     monkeypatch.setattr(rules, "CONV_METHOD", method)
     check(ConvTwice(**kw), torch.randn(3, 4, 9, 9), torch.randn(3, 2), monkeypatch=monkeypatch)
+
+
+class Flattened(nn.Module):
+    """A Linear applied to ``[B*T, I]``: its leading size is not the batch, so it must not use the
+    batch-first rule (it goes to the exact fallback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        b, t, i = x.shape
+        return self.out(torch.tanh(self.lin(x.reshape(b * t, i))).reshape(b, t, 4))
+
+
+def test_layer_without_batch_first_input_goes_to_fallback():
+    check(Flattened(), torch.randn(4, 5, 3), torch.randn(4, 5, 2), no_fallback=False)
