@@ -44,7 +44,9 @@ def bin_indices(
     ``values`` as scratch space.
     """
     scaled = values if inplace else values.clone()
-    scaled.sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
+    if lo != 0.0:  # (v - 0) == v: skip a pass over the data
+        scaled.sub_(lo)
+    scaled.mul_(bins / (hi - lo)).clamp_(0, bins - 1)
     return scaled.to(torch.int32)  # truncation == floor for non-negative values
 
 
