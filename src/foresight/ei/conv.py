@@ -252,8 +252,25 @@ def _numel(shape: Shape) -> int:
     return n
 
 
+class _TapRows:
+    """Row statistics shared by the convolution graphs: both reduce to tap matrices.
+
+    Subclasses provide ``_kernels_and_taps(fns) -> (stacked kernels, per-dimension taps)``.
+    """
+
+    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
+        stacked, taps = self._kernels_and_taps(fns)
+        out = _apply_taps(stacked, taps)
+        return list(out.reshape(len(fns), -1).unbind(0))
+
+    def rows_compact(self, fns: Sequence[Elementwise]):
+        """:meth:`rows` on the distinct tap patterns only (see :func:`compact_rows`)."""
+        stacked, taps = self._kernels_and_taps(fns)
+        return compact_rows(stacked, taps)
+
+
 @dataclass
-class ConvGraph:
+class ConvGraph(_TapRows):
     """Matrix-free connectivity of a convolution (zeros or circular padding)."""
 
     module: nn.modules.conv._ConvNd
@@ -314,16 +331,6 @@ class ConvGraph:
         ]
         return stacked, taps
 
-    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
-        stacked, taps = self._kernels_and_taps(fns)
-        out = _apply_taps(stacked, taps)
-        return list(out.reshape(len(fns), -1).unbind(0))
-
-    def rows_compact(self, fns: Sequence[Elementwise]):
-        """:meth:`rows` on the distinct tap patterns only (see :func:`compact_rows`)."""
-        stacked, taps = self._kernels_and_taps(fns)
-        return compact_rows(stacked, taps)
-
     def cols(self, fn: Elementwise, u: Tensor) -> Tensor:
         m = self.module
         u = u.reshape(1, *self.fin).to(self.dtype)
@@ -335,7 +342,7 @@ class ConvGraph:
 
 
 @dataclass
-class ConvTransposeGraph:
+class ConvTransposeGraph(_TapRows):
     """Matrix-free connectivity of a transposed convolution."""
 
     module: nn.modules.conv._ConvTransposeNd
@@ -369,16 +376,6 @@ class ConvTransposeGraph:
             )
         ]
         return stacked, taps
-
-    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
-        stacked, taps = self._kernels_and_taps(fns)
-        out = _apply_taps(stacked, taps)
-        return list(out.reshape(len(fns), -1).unbind(0))
-
-    def rows_compact(self, fns: Sequence[Elementwise]):
-        """:meth:`rows` on the distinct tap patterns only (see :func:`compact_rows`)."""
-        stacked, taps = self._kernels_and_taps(fns)
-        return compact_rows(stacked, taps)
 
     def cols(self, fn: Elementwise, u: Tensor) -> Tensor:
         m = self.module
