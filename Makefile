@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip
 # The pinned dev/CI torch (CPU build). Override with e.g. `make test CONSTRAINTS=` for another build.
 CONSTRAINTS ?= -c constraints.txt
 
-.PHONY: help install test lint demo bench repro docs clean
+.PHONY: help install test lint demo bench repro docs dist clean
 
 help:
 	@echo "make demo   - set up .venv and run 'foresight demo' (writes ./foresight-demo)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench  - run the benchmarks (ratios against baselines measured in the same run)"
 	@echo "make repro  - run the slow paper reproductions (tests marked slow + examples/)"
 	@echo "make docs   - build the Sphinx documentation with warnings as errors"
+	@echo "make dist   - build the sdist and the wheel into ./dist (pip install dist/*.whl)"
 	@echo "make lint   - ruff check"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -45,6 +46,11 @@ repro: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	@ls -l dist
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info docs/_build .pytest_cache .ruff_cache
