@@ -99,6 +99,50 @@ def test_step_unit_and_trainer_loggers(tmp_path):
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("foresight/weight_norm")]
     assert [int(r["step"]) for r in rows] == [0, 5]
+    # 2 optimizer steps per epoch: step 0 is in epoch 0, step 5 in epoch 2
+    assert [int(r["epoch"]) for r in rows] == [0, 2]
+    assert [int(r["epoch"]) for r in rows] == [int(r["epoch"]) for r in callback.history]
+
+
+def test_csv_logger_rows_carry_epoch_and_no_duplicate_trainer_metrics(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="run")
+    callback = ForesightCallback([weight_norm])
+    fit([callback], tmp_path, logger=logger)
+    logger.finalize("success")
+    with open(os.path.join(logger.log_dir, "metrics.csv"), newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    assert "train_loss" in columns and "val_loss" in columns  # Lightning's own
+    assert not [c for c in columns if c.startswith("foresight/") and c.endswith("_loss")]
+    ours = [r for r in rows if r["foresight/weight_norm"]]
+    assert [int(r["epoch"]) for r in ours] == [0, 1, 2]
+    assert [float(r["foresight/weight_norm"]) for r in ours] == pytest.approx(
+        [r["weight_norm"] for r in callback.history])
+    # the history keeps the trainer's metrics next to foresight's (for plots)
+    assert all("train_loss" in r for r in callback.history)
+
+
+def test_tensorboard_logger_tags_carry_the_prefix(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    callback = ForesightCallback([weight_norm, Function(lambda m: 1.0, name="one")],
+                                 prefix="fs:")
+    fit([callback], tmp_path, logger=logger)
+    logger.finalize("success")
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"fs:weight_norm", "fs:one", "train_loss", "val_loss", "epoch"} <= tags
+    assert not {t for t in tags if t.startswith("fs:") and t.endswith("loss")}
+    steps = [e.step for e in acc.Scalars("fs:weight_norm")]
+    assert steps == [r["step"] for r in callback.history]
+    epochs = {e.step: e.value for e in acc.Scalars("epoch")}
+    assert [epochs[s] for s in steps] == [0, 1, 2]
 
 
 @pytest.mark.skipif(not _has_ei(), reason="foresight.ei not available")

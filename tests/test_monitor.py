@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import importlib
+import importlib.util
+import inspect
 import sys
 import types
 
@@ -251,27 +253,86 @@ def test_csv_sink_round_trip_with_growing_columns(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
 
 
+def test_csv_sink_long_layout_round_trip(tmp_path):
+    pd = pytest.importorskip("pandas")
+    path = tmp_path / "long.csv"
+    wide_path = tmp_path / "wide.csv"
+
+    def per_layer(model):
+        return {"fc/0": 1.0, "fc/1": 2.0}
+
+    mon = Monitor(nn.Linear(2, 2), [Counter(), per_layer], unit="epoch",
+                  sinks=[CSVSink(path, layout="long"), CSVSink(wide_path)])
+    for e in range(3):
+        mon.step()
+        mon.step()
+        mon.epoch_end(train_loss=1.0 / (e + 1), tag="text is left out")
+    mon.close()
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "epoch", "metric", "layer", "value"]
+    assert len(rows) == 3 * 4  # train_loss, count, per_layer/fc/0, per_layer/fc/1 per epoch
+    got = {(int(r["step"]), int(r["epoch"]), r["metric"], r["layer"]): float(r["value"])
+           for r in rows}
+    assert got[(2, 0, "train_loss", "")] == 1.0
+    assert got[(6, 2, "count", "")] == 3.0
+    assert got[(4, 1, "per_layer", "fc/0")] == 1.0 and got[(4, 1, "per_layer", "fc/1")] == 2.0
+    # the long file holds exactly the numbers of the wide one
+    wide = pd.read_csv(wide_path)
+    long = pd.read_csv(path, keep_default_na=False)
+    for _, r in long.iterrows():
+        key = r["metric"] + ("/" + r["layer"] if r["layer"] else "")
+        match = wide[(wide["step"] == r["step"]) & (wide["epoch"] == r["epoch"])]
+        assert float(match[key].iloc[0]) == pytest.approx(float(r["value"]))
+    with pytest.raises(ValueError, match="layout"):
+        CSVSink(tmp_path / "x.csv", layout="tall")
+
+
 def test_tensorboard_sink_round_trip(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    sink = TensorBoardSink(tmp_path, step_key="epoch", prefix="fs/")
+    sink = TensorBoardSink(tmp_path / "e", step_key="epoch", prefix="fs/")
     mon = Monitor(nn.Linear(2, 2), [Counter()], unit="epoch", sinks=[sink])
     for e in range(3):
+        mon.step()
+        mon.step()
         mon.epoch_end(loss=1.0 / (e + 1))
     mon.close()
-    acc = EventAccumulator(str(tmp_path))
+    acc = EventAccumulator(str(tmp_path / "e"))
     acc.Reload()
-    assert set(acc.Tags()["scalars"]) == {"fs/loss", "fs/count"}
+    assert set(acc.Tags()["scalars"]) == {"fs/loss", "fs/count", "fs/step"}
     events = acc.Scalars("fs/loss")
     assert [e.step for e in events] == [0, 1, 2]
     assert [e.value for e in events] == pytest.approx([1.0, 0.5, 1 / 3])
     assert [e.value for e in acc.Scalars("fs/count")] == [1.0, 2.0, 3.0]
+    assert [(e.step, e.value) for e in acc.Scalars("fs/step")] == [(0, 2), (1, 4), (2, 6)]
 
 
-def test_wandb_sink_logs_numbers(monkeypatch):
-    logged = []
+def test_tensorboard_sink_default_prefix_and_epoch_against_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    def per_layer(model):
+        return {"a": 1.0, "b": 2.0}
+
+    mon = Monitor(nn.Linear(2, 2), [per_layer], schedule=every(2), unit="step",
+                  sinks=[TensorBoardSink(tmp_path)])
+    for s in range(5):
+        if s == 3:
+            mon.epoch_end()
+        mon.step()
+    mon.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"foresight/per_layer/a", "foresight/per_layer/b",
+                                         "foresight/epoch"}
+    assert [(e.step, e.value) for e in acc.Scalars("foresight/epoch")] == [(0, 0), (2, 0),
+                                                                            (4, 1)]
+    assert [e.step for e in acc.Scalars("foresight/per_layer/b")] == [0, 2, 4]
+
+
+def _fake_wandb(monkeypatch, logged):
     class Run:
         def log(self, data, step=None):
             logged.append((data, step))
@@ -280,10 +341,45 @@ def test_wandb_sink_logs_numbers(monkeypatch):
     fake.run = Run()
     fake.init = lambda **kw: pytest.fail("a run exists; init must not be called")
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    return fake
+
+
+def test_wandb_sink_logs_numbers_with_step_and_epoch(monkeypatch):
+    logged = []
+    _fake_wandb(monkeypatch, logged)
     mon = Monitor(nn.Linear(2, 2), [Counter()], unit="step", sinks=[WandbSink()])
     mon.step(loss=0.5, tag="warmup")
     mon.step(step=5, loss=0.25)
-    assert logged == [({"loss": 0.5, "count": 1.0}, 0), ({"loss": 0.25, "count": 2.0}, 5)]
+    assert logged == [
+        ({"foresight/step": 0, "foresight/epoch": 0, "foresight/loss": 0.5,
+          "foresight/count": 1.0}, None),
+        ({"foresight/step": 5, "foresight/epoch": 0, "foresight/loss": 0.25,
+          "foresight/count": 2.0}, None),
+    ]
+    logged.clear()
+    mon = Monitor(nn.Linear(2, 2), [Counter()], unit="epoch",
+                  sinks=[WandbSink(step_key="epoch", prefix="")])
+    mon.epoch_end()
+    mon.epoch_end()
+    assert logged == [({"step": 0, "epoch": 0, "count": 1.0}, 0),
+                      ({"step": 0, "epoch": 1, "count": 2.0}, 1)]
+    with pytest.raises(ValueError, match="step_key"):
+        WandbSink(step_key="batch")
+    with pytest.raises(TypeError, match="prefix"):
+        WandbSink(prefix=None)
+
+
+def test_one_prefix_everywhere():
+    from foresight.monitor import sinks
+
+    assert sinks.DEFAULT_PREFIX == "foresight/"
+    for cls in (TensorBoardSink, WandbSink):
+        assert inspect.signature(cls).parameters["prefix"].default == sinks.DEFAULT_PREFIX
+    if importlib.util.find_spec("lightning") is not None:
+        from foresight.integrations.lightning import ForesightCallback
+
+        param = inspect.signature(ForesightCallback).parameters["prefix"]
+        assert param.default == sinks.DEFAULT_PREFIX
 
 
 def test_history_to_dataframe_and_column():

@@ -12,7 +12,10 @@ before gradient clipping, which is where the gradient noise scale must be read) 
 ``monitor.epoch_end()`` at the end of each training epoch (after validation), passing the scalar
 ``trainer.callback_metrics`` (``train_loss``, ``val_loss`` ... whatever the module logs) into the
 records. Records go to ``callback.history``, to the given sinks, and -- with ``log=True`` -- to the
-trainer's own loggers (TensorBoard, CSV, W&B ...) under ``foresight/<key>``.
+trainer's own loggers (TensorBoard, CSV, W&B ...) under ``foresight/<key>`` with Lightning's own
+``epoch`` entry, as Lightning logs its metrics (so the ``epoch`` column of ``CSVLogger``'s file is
+filled on foresight's rows too). The trainer's metrics are not sent back to its loggers: there is
+``train_loss``, never a duplicate ``foresight/train_loss``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from foresight._optional import require
 from foresight.monitor import Monitor
-from foresight.monitor.sinks import History, Sink
+from foresight.monitor.sinks import DEFAULT_PREFIX, History, Sink
 from foresight.schedule import Schedule, every
 
 _lightning = require("lightning.pytorch", "foresight.integrations.lightning")
@@ -31,18 +34,27 @@ _EVERY = every(1)
 
 
 class _TrainerLoggers:
-    """A sink that forwards records to the trainer's loggers."""
+    """A sink that forwards foresight's own measurements to the trainer's loggers.
 
-    def __init__(self, trainer: Any, prefix: str) -> None:
+    Keys that came from ``trainer.callback_metrics`` (named in ``skip``) are left out: the trainer
+    logs those itself. Each call carries ``epoch`` (unprefixed, Lightning's own key, which its
+    loggers treat specially) and goes out at the record's ``step``.
+    """
+
+    def __init__(self, trainer: Any, prefix: str, skip: set[str]) -> None:
         self.trainer = trainer
         self.prefix = prefix
+        self.skip = skip
 
     def write(self, record: dict[str, Any]) -> None:
-        metrics = {
+        metrics: dict[str, float] = {
             self.prefix + k: float(v) for k, v in record.items()
-            if k not in ("step", "epoch") and isinstance(v, (int, float))
-            and not isinstance(v, bool)
+            if k not in ("step", "epoch") and k not in self.skip
+            and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+        if not metrics:
+            return
+        metrics["epoch"] = int(record["epoch"])
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=int(record["step"]))
 
@@ -59,8 +71,10 @@ class ForesightCallback(_lightning.Callback):
         unit: ``"epoch"`` (default: the schedule counts training epochs) or ``"step"`` (optimizer
             steps, ``trainer.global_step``).
         sinks: extra sinks (``CSVSink``, ``TensorBoardSink`` ...).
-        log: also send the records to the trainer's loggers.
-        prefix: key prefix for the trainer's loggers.
+        log: also send foresight's measurements to the trainer's loggers (without the trainer's
+            own metrics, which it logs itself).
+        prefix: key prefix in the trainer's loggers (default ``"foresight/"``, the same as
+            :data:`foresight.monitor.sinks.DEFAULT_PREFIX`).
     """
 
     def __init__(
@@ -71,7 +85,7 @@ class ForesightCallback(_lightning.Callback):
         unit: str = "epoch",
         sinks: Iterable[Sink] = (),
         log: bool = True,
-        prefix: str = "foresight/",
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
         super().__init__()
         self.metric_specs = list(metrics) if not isinstance(metrics, str) else [metrics]
@@ -83,6 +97,7 @@ class ForesightCallback(_lightning.Callback):
         self.monitor: Monitor | None = None
         self._batch: Any = None
         self._history = History()
+        self._trainer_keys: set[str] = set()  # record keys that came from callback_metrics
 
     @property
     def history(self) -> History:
@@ -94,7 +109,7 @@ class ForesightCallback(_lightning.Callback):
             return
         sinks = list(self.sinks)
         if self.log and trainer.loggers:
-            sinks.append(_TrainerLoggers(trainer, self.prefix))
+            sinks.append(_TrainerLoggers(trainer, self.prefix, self._trainer_keys))
         self.monitor = Monitor(pl_module, self.metric_specs, schedule=self.schedule,
                                unit=self.unit, sinks=sinks)
 
@@ -106,12 +121,17 @@ class ForesightCallback(_lightning.Callback):
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.monitor is not None:
             self.monitor.step(batch=self._batch, step=trainer.global_step,
-                              **_scalars(trainer.callback_metrics))
+                              **self._logged(trainer))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is not None:
             self.monitor.epoch_end(batch=self._batch, epoch=trainer.current_epoch,
-                                   **_scalars(trainer.callback_metrics))
+                                   **self._logged(trainer))
+
+    def _logged(self, trainer: Any) -> dict[str, Any]:
+        values = _scalars(trainer.callback_metrics)
+        self._trainer_keys.update(values)
+        return values
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.monitor is not None:

@@ -2,12 +2,19 @@
 
 A sink is any object with ``write(record)`` and ``close()``; a record is a flat ``dict`` holding
 ``step``, ``epoch`` and one numeric entry per measured quantity (keys such as ``"ei"`` or
-``"i_xt/fc1"``). The sinks here cover the usual destinations:
+``"i_xt/fc1"``: quantity, then layer). The sinks here cover the usual destinations:
 
-* :class:`CSVSink` -- one row per measurement in a CSV file (columns grow as new keys appear);
+* :class:`CSVSink` -- a CSV file, ``layout="wide"`` (one row per measurement, one column per
+  quantity; columns grow as new keys appear) or ``layout="long"`` (tidy: one row per value with
+  ``step, epoch, metric, layer, value``);
 * :class:`TensorBoardSink` -- scalars through :class:`torch.utils.tensorboard.SummaryWriter`;
 * :class:`WandbSink` -- ``wandb.log`` (Weights & Biases is an optional import);
 * :class:`History` -- the in-memory list kept by every Monitor as ``monitor.history``.
+
+Every sink records both ``step`` and ``epoch``. Where the names share a namespace with the rest
+of a run (TensorBoard tags, W&B keys, Lightning's loggers) they carry one prefix,
+:data:`DEFAULT_PREFIX` (``"foresight/"``) unless ``prefix=`` says otherwise: ``foresight/ei``,
+``foresight/i_xt/fc1``, ``foresight/epoch``.
 
 Optional packages (tensorboard, wandb, pandas) are imported only when a sink that needs them is
 created.
@@ -27,6 +34,12 @@ Record = dict[str, Any]
 
 #: Keys of a record that say *when* it was measured rather than *what* was measured.
 INDEX_KEYS = ("step", "epoch")
+
+#: The namespace of foresight's names in shared logs (TensorBoard tags, W&B keys, Lightning).
+DEFAULT_PREFIX = "foresight/"
+
+#: Columns of :class:`CSVSink` with ``layout="long"``.
+LONG_COLUMNS = ("step", "epoch", "metric", "layer", "value")
 
 
 @runtime_checkable
@@ -75,27 +88,64 @@ def _union_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
-class CSVSink:
-    """Write each record as one CSV row; the header is the union of all keys seen so far.
+def split_key(key: str) -> tuple[str, str]:
+    """A record key as ``(metric, layer)``: ``"i_xt/fc1"`` -> ``("i_xt", "fc1")``, ``"ei"`` ->
+    ``("ei", "")``. The layer is everything after the first ``/``.
 
-    When a record brings a key the file has no column for, the file is rewritten with the wider
-    header (earlier rows get empty cells), so the file on disk is always a valid, rectangular CSV.
+    >>> split_key("b_simple/encoder.0"), split_key("train_loss")
+    (('b_simple', 'encoder.0'), ('train_loss', ''))
+    """
+    metric, _, layer = key.partition("/")
+    return metric, layer
+
+
+class CSVSink:
+    """Write records to a CSV file, wide (one row per record) or long (one row per value).
+
+    ``layout="wide"``: the header is the union of all keys seen so far (``step``, ``epoch``, then
+    one column per quantity); when a record brings a key the file has no column for, the file is
+    rewritten with the wider header (earlier rows get empty cells), so the file on disk is always a
+    valid, rectangular CSV.
+
+    ``layout="long"`` (tidy): the fixed header ``step, epoch, metric, layer, value`` and one row per
+    numeric entry of each record, ``metric``/``layer`` split from the key at the first ``/``
+    (``i_xt/fc1`` -> ``i_xt``, ``fc1``; ``ei`` -> ``ei`` with an empty layer). Rows are appended,
+    never rewritten; non-numeric entries (strings, ``None``) are left out. This is the shape
+    ``pandas``/``seaborn``/R read directly (``df.pivot_table(index="epoch", columns=...)``).
+
+    The file is foresight's own, so its names carry no prefix.
 
     Args:
         path: file to write (parent directories are created; an existing file is replaced).
+        layout: ``"wide"`` (default) or ``"long"``.
+
+    >>> import csv, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.csv")
+    >>> sink = CSVSink(path, layout="long")
+    >>> sink.write({"step": 5, "epoch": 1, "ei": 1.5, "i_xt/fc1": 2.0})
+    >>> [tuple(r.values()) for r in csv.DictReader(open(path))]
+    [('5', '1', 'ei', '', '1.5'), ('5', '1', 'i_xt', 'fc1', '2.0')]
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, layout: str = "wide") -> None:
+        if layout not in ("wide", "long"):
+            raise ValueError(f"CSVSink: layout must be 'wide' or 'long', got {layout!r}")
         self.path = os.fspath(path)
+        self.layout = layout
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
         self._rows: list[Record] = []
         self._columns: list[str] = []
-        open(self.path, "w").close()
+        with open(self.path, "w", newline="") as f:
+            if layout == "long":
+                csv.writer(f).writerow(LONG_COLUMNS)
 
     def write(self, record: Mapping[str, Any]) -> None:
         row = {k: _plain_scalar(v) for k, v in record.items()}
+        if self.layout == "long":
+            self._append_long(row)
+            return
         self._rows.append(row)
         new = [k for k in row if k not in self._columns]
         if new or len(self._rows) == 1:
@@ -104,6 +154,17 @@ class CSVSink:
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+
+    def _append_long(self, row: Record) -> None:
+        step, epoch = row.get("step", ""), row.get("epoch", "")
+        lines = []
+        for key, value in row.items():
+            if key in INDEX_KEYS or _number(value) is None:
+                continue
+            metric, layer = split_key(key)
+            lines.append((step, epoch, metric, layer, value))
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows(lines)
 
     def _rewrite(self) -> None:
         with open(self.path, "w", newline="") as f:
@@ -116,13 +177,17 @@ class CSVSink:
 
 
 class TensorBoardSink:
-    """Log every numeric entry of a record as a TensorBoard scalar.
+    """Log every numeric entry of a record as a TensorBoard scalar, tagged ``prefix + key``.
+
+    The record's ``step_key`` entry is the x axis (``global_step``); the other index entry is
+    logged as a scalar of its own (``foresight/epoch`` against the step, or ``foresight/step``
+    against the epoch), so both are in the event file.
 
     Args:
         log_dir: directory for the event files, or an existing ``SummaryWriter`` in ``writer``.
         writer: a ``torch.utils.tensorboard.SummaryWriter`` to use instead of creating one.
         step_key: which record entry is the x axis (``"step"`` or ``"epoch"``).
-        prefix: prepended to every tag (e.g. ``"foresight/"``).
+        prefix: prepended to every tag (default ``"foresight/"``; ``""`` for none).
     """
 
     def __init__(
@@ -131,8 +196,12 @@ class TensorBoardSink:
         *,
         writer: Any = None,
         step_key: str = "step",
-        prefix: str = "",
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        if step_key not in INDEX_KEYS:
+            raise ValueError(
+                f"TensorBoardSink: step_key must be 'step' or 'epoch', got {step_key!r}"
+            )
         if writer is None:
             require("tensorboard", "TensorBoardSink")
             from torch.utils.tensorboard import SummaryWriter
@@ -141,18 +210,15 @@ class TensorBoardSink:
             self._owns = True
         else:
             self._owns = False
-        if step_key not in INDEX_KEYS:
-            raise ValueError(
-                f"TensorBoardSink: step_key must be 'step' or 'epoch', got {step_key!r}"
-            )
         self.writer = writer
         self.step_key = step_key
-        self.prefix = prefix
+        self.prefix = _check_prefix(prefix, "TensorBoardSink")
 
     def write(self, record: Mapping[str, Any]) -> None:
         step = record.get(self.step_key)
+        step = None if step is None else int(step)
         for key, value in record.items():
-            if key in INDEX_KEYS:
+            if key == self.step_key:
                 continue
             number = _number(value)
             if number is not None:
@@ -169,34 +235,45 @@ class TensorBoardSink:
 class WandbSink:
     """Log records to Weights & Biases with ``wandb.log`` (``wandb`` is an optional dependency).
 
+    Every numeric entry is logged as ``prefix + key``, ``step`` and ``epoch`` included
+    (``foresight/step``, ``foresight/epoch``), so W&B charts can use either as the x axis
+    (``wandb.define_metric("foresight/*", step_metric="foresight/epoch")``).
+
     Args:
         run: an active ``wandb`` run; by default the current run, or a new one started with
             ``wandb.init(**init_kwargs)``.
-        step_key: the record entry passed as ``step=`` (``None``: let wandb count).
-        prefix: prepended to every key.
+        step_key: the record entry also passed as ``step=`` to ``run.log`` (``None``, the
+            default: let wandb count, which never clashes with the run's other logging; W&B
+            drops values logged with a step lower than one it has seen).
+        prefix: prepended to every key (default ``"foresight/"``; ``""`` for none).
     """
 
     def __init__(
         self,
         run: Any = None,
         *,
-        step_key: str | None = "step",
-        prefix: str = "",
+        step_key: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
         **init_kwargs: Any,
     ) -> None:
+        if step_key is not None and step_key not in INDEX_KEYS:
+            raise ValueError(
+                f"WandbSink: step_key must be 'step', 'epoch' or None, got {step_key!r}"
+            )
         wandb = require("wandb", "WandbSink")
         if run is None:
             run = wandb.run if wandb.run is not None else wandb.init(**init_kwargs)
         self.run = run
         self.step_key = step_key
-        self.prefix = prefix
+        self.prefix = _check_prefix(prefix, "WandbSink")
 
     def write(self, record: Mapping[str, Any]) -> None:
         data = {
-            self.prefix + k: n
-            for k, v in record.items()
-            if k not in INDEX_KEYS and (n := _number(v)) is not None
+            self.prefix + k: n for k, v in record.items() if (n := _number(v)) is not None
         }
+        for key in INDEX_KEYS:  # whole numbers stay integers
+            if self.prefix + key in data and float(data[self.prefix + key]).is_integer():
+                data[self.prefix + key] = int(data[self.prefix + key])
         if self.step_key is None:
             self.run.log(data)
         else:
@@ -204,6 +281,12 @@ class WandbSink:
 
     def close(self) -> None:
         """The run belongs to the user; it is left open."""
+
+
+def _check_prefix(prefix: Any, who: str) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"{who}: prefix must be a string such as 'foresight/', got {prefix!r}")
+    return prefix
 
 
 def _plain_scalar(value: Any) -> Any:
