@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from foresight._optional import require
+from foresight.plot._style import UNRESOLVED_COLOR, mark_unresolved, place_legend, split_resolved
 
 __all__ = ["noise_scale_over_training"]
 
@@ -28,6 +29,10 @@ def noise_scale_over_training(
     """:math:`B_\\text{simple}` against the training step, with the batch size used and the
     suggested batch size (the last finite positive estimate, see
     :func:`foresight.gns.suggested_batch_size`).
+
+    An estimate that is not finite or not positive (the unbiased :math:`|G|^2` estimate fell below
+    its noise: the gradient is not resolved at this batch size) is no batch size: it is drawn as a
+    shaded "unresolved" stretch, and the curve is broken there. The y axis is logarithmic.
 
     Args:
         steps: the step of each estimate.
@@ -58,19 +63,31 @@ def noise_scale_over_training(
         fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     else:
         fig = ax.figure
-    ax.plot(steps, values, color="tab:purple", lw=2, label=r"$B_\mathrm{simple}$")
+    xs, ys, unresolved = split_resolved(steps, values)
+    good = [v for v in ys if math.isfinite(v)]
+    handles = []
+    (line,) = ax.plot(xs, ys, color="tab:purple", lw=2, label=r"$B_\mathrm{simple}$",
+                      marker="o" if len(good) < 3 else None, ms=3)
+    handles.append(line)
     batch = [_value(e, "batch_size") for e in estimates]
     if any(math.isfinite(b) and b > 0 for b in batch):
-        ax.plot(steps, batch, color="tab:gray", ls=":", label="batch size used")
-    good = [v for v in values if math.isfinite(v) and v > 0]
+        (used,) = ax.plot(steps, batch, color="tab:gray", ls=":", label="batch size used")
+        handles.append(used)
     if good:
         suggested = max(multiple_of, round(good[-1] / multiple_of) * multiple_of)
-        ax.axhline(suggested, color="tab:green", ls="--", label=f"suggested batch size {suggested}")
-    if values and all(math.isfinite(v) and v > 0 for v in values):
+        handles.append(ax.axhline(suggested, color="tab:green", ls="--",
+                                  label=f"suggested batch size {suggested}"))
         ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no resolved estimate", transform=ax.transAxes, ha="center",
+                va="center", color=UNRESOLVED_COLOR)
+    mark = mark_unresolved(ax, unresolved, steps)
+    if mark is not None:
+        handles.append(mark)
     ax.set_xlabel("step")
     ax.set_ylabel("noise scale (examples)")
     if title:
         ax.set_title(title)
-    ax.legend(loc="best")
+    fig.canvas.draw()
+    place_legend(ax, handles, [h.get_label() for h in handles], fontsize="small")
     return fig

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from foresight._optional import require
+from foresight.plot._style import EPOCH_CMAP, epoch_norm, place_legend
 
 __all__ = ["information_plane_plot", "mutual_information_curves"]
 
@@ -50,15 +51,19 @@ def information_plane_plot(
     history: Any,
     *,
     ax: Any = None,
-    cmap: str = "viridis",
+    cmap: str = EPOCH_CMAP,
     layers: Sequence[str] | None = None,
     title: str | None = "Information plane",
     connect: bool = True,
+    epoch_range: tuple[float, float] | None = None,
 ):
     """Each layer's (I(X;T), I(T;Y)) at every recorded epoch, coloured by epoch.
 
-    Points of one epoch are joined input to output (``connect``); the colour scale is
-    logarithmic in ``epoch + 1``, as training slows down. Markers differ by layer.
+    Points of one epoch are joined input to output (``connect``). The colour scale is the one
+    every foresight figure uses for epochs (:func:`foresight.plot._style.epoch_norm`: linear from
+    0 to 1, logarithmic above, as training slows down), so a colour means the same epoch here and
+    in :func:`foresight.plot.training_dashboard`'s planes. Markers differ by layer; the legend is
+    placed where it covers no point.
 
     Args:
         history: a tracker, its ``history``, a list of records or a ``pandas.DataFrame``.
@@ -67,6 +72,8 @@ def information_plane_plot(
         layers: the layers to draw (default: all, in recorded order).
         title: the axes title (``None`` for none).
         connect: join the layers of one epoch with a thin line.
+        epoch_range: ``(first, last)`` epoch of the colour scale (default: the recorded epochs),
+            to give several figures the same scale.
 
     Returns:
         The matplotlib ``Figure``.
@@ -78,7 +85,6 @@ def information_plane_plot(
     'I(X;T) (bits)'
     """
     plt = require("matplotlib.pyplot", "foresight.plot.ib")
-    colors = require("matplotlib.colors", "foresight.plot.ib")
     rows = _records(history)
     names = list(layers) if layers is not None else _layers_in_order(rows)
     if ax is None:
@@ -86,7 +92,8 @@ def information_plane_plot(
     else:
         fig = ax.figure
     epochs = sorted({int(r["epoch"]) for r in rows})
-    norm = colors.LogNorm(vmin=epochs[0] + 1, vmax=max(epochs[-1] + 1, epochs[0] + 2))
+    lo, hi = epoch_range if epoch_range is not None else (epochs[0], epochs[-1])
+    norm = epoch_norm(epochs, vmin=lo, vmax=hi)
     colormap = plt.get_cmap(cmap)
     markers = "osD^v<>ph*"
     by_epoch: dict[int, dict[str, tuple[float, float]]] = {}
@@ -95,7 +102,7 @@ def information_plane_plot(
     for epoch in epochs:
         points = [by_epoch[epoch][n] for n in names if n in by_epoch[epoch]]
         if connect and len(points) > 1:
-            ax.plot(*zip(*points), color=colormap(norm(epoch + 1)), lw=0.6, alpha=0.5)
+            ax.plot(*zip(*points), color=colormap(norm(epoch)), lw=0.6, alpha=0.5)
     scatter = None
     for i, name in enumerate(names):
         pts = [(e, *by_epoch[e][name]) for e in epochs if name in by_epoch[e]]
@@ -103,17 +110,20 @@ def information_plane_plot(
             continue
         es, xs, ys = zip(*pts)
         scatter = ax.scatter(
-            xs, ys, c=[e + 1 for e in es], cmap=colormap, norm=norm, s=18,
+            xs, ys, c=list(es), cmap=colormap, norm=norm, s=18,
             marker=markers[i % len(markers)], edgecolors="none", label=f"layer {name}",
         )
     if scatter is not None:
-        fig.colorbar(scatter, ax=ax, label="epoch + 1")
+        fig.colorbar(scatter, ax=ax, label="epoch")
     ax.set_xlabel("I(X;T) (bits)")
     ax.set_ylabel("I(T;Y) (bits)")
-    if len(names) <= 10:
-        ax.legend(loc="lower right", fontsize="small", markerscale=1.2)
     if title:
         ax.set_title(title)
+    if len(names) <= 10 and scatter is not None:
+        fig.canvas.draw()  # lay out first: the legend goes where it covers no point
+        handles = [c for c in ax.collections if c.get_label().startswith("layer ")]
+        place_legend(ax, handles, [h.get_label() for h in handles], fontsize="small",
+                     markerscale=1.2)
     return fig
 
 
