@@ -46,6 +46,7 @@ repro: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/python docs/check_html.py docs/_build/html
 
 dist: $(STAMP)
 	rm -rf dist

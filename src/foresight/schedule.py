@@ -15,6 +15,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+__all__ = ["Schedule", "every", "log_spaced", "at", "never"]
+
+#: What every ``schedule=`` argument accepts: a callable ``schedule(step) -> bool``.
 Schedule = Callable[[int], bool]
 
 

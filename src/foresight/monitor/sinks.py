@@ -30,6 +30,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from foresight._optional import require
 
+__all__ = [
+    "Sink", "History", "CSVSink", "TensorBoardSink", "WandbSink", "split_key", "DEFAULT_PREFIX",
+    "INDEX_KEYS", "LONG_COLUMNS",
+]
+
 Record = dict[str, Any]
 
 #: Keys of a record that say *when* it was measured rather than *what* was measured.
