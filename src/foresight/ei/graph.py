@@ -23,7 +23,8 @@ intervention over all nodes) for Hoel's normalised coefficients
 
 so that EI = determinism - degeneracy. Everything is computed on the edge list with segment sums
 in float64 (never an :math:`N \times N` matrix): a graph with a million nodes and ten million edges
-takes about a second.
+takes about a second. A value within float64 rounding of 0 (see :func:`rounding_tolerance`) is
+returned as exactly 0, and an effectiveness within rounding of 1 as exactly 1.
 
 >>> import torch
 >>> from foresight.ei.graph import graph_ei
@@ -285,18 +286,41 @@ def _compute(e: _Edges) -> GraphEI:
     w_in = _segment_sum(e.col, p, n) / n_out  # the average out-weight distribution
     w_in = w_in[w_in > 0]
     avg_out_entropy = float(_entropy_terms(w_in).sum())
-    ei = avg_out_entropy - mean_out_entropy
+    tol = rounding_tolerance(n_edges + int(w_in.numel()), log_n)
+
+    def snap(value: float) -> float:
+        return 0.0 if abs(value) < tol else value
+
+    mean_out_entropy, avg_out_entropy = snap(mean_out_entropy), snap(avg_out_entropy)
+    ei = snap(avg_out_entropy - mean_out_entropy)
+    effectiveness = ei / log_n if n > 1 else math.nan
+    if n > 1 and abs(effectiveness - 1.0) < tol / log_n:
+        effectiveness = 1.0
     return GraphEI(
         ei=ei,
         mean_out_entropy=mean_out_entropy,
         avg_out_entropy=avg_out_entropy,
-        determinism_hoel=log_n - mean_out_entropy,
-        degeneracy_hoel=log_n - avg_out_entropy,
-        effectiveness=ei / log_n if n > 1 else math.nan,
+        determinism_hoel=snap(log_n - mean_out_entropy),
+        degeneracy_hoel=snap(log_n - avg_out_entropy),
+        effectiveness=effectiveness,
         n_nodes=n,
         n_nodes_with_out_edges=n_out,
         n_edges=n_edges,
     )
+
+
+def rounding_tolerance(terms: int, scale: float) -> float:
+    r"""Bound (bits) on the float64 rounding error of an entropy summed from ``terms`` terms and
+    compared with values of size ``scale`` (:math:`\log_2 N`):
+    :math:`8\,\varepsilon\,(1 + \log_2 \text{terms}) \max(1, \text{scale})`. A result within
+    it of 0 (or an effectiveness within it of 1) is that exact value: e.g. a ring lattice's
+    degeneracy is exactly 0, not ``8.9e-16``.
+
+    >>> f"{rounding_tolerance(400, 6.64):.1e}"  # 100 nodes, 400 edges
+    '1.1e-13'
+    """
+    eps = 2.220446049250313e-16
+    return 8.0 * eps * (1.0 + math.log2(max(terms, 2))) * max(1.0, scale)
 
 
 def graph_ei(graph: Any, weight: str | None = "weight") -> GraphEI:
@@ -336,7 +360,9 @@ def graph_ei(graph: Any, weight: str | None = "weight") -> GraphEI:
 
     Returns:
         :class:`GraphEI` (bits). Entries or edges of weight 0 are no edges. A graph without edges
-        gives 0 for every entropy and coefficient (einet returns 0 as well).
+        gives 0 for every entropy and coefficient (einet returns 0 as well). Values within
+        float64 rounding of 0 are exactly 0 (a ring lattice's ``degeneracy_hoel``), an
+        effectiveness within rounding of 1 is exactly 1 (a permutation).
 
     Raises:
         ValueError: non-square or empty graph, NaN/inf weights, negative weights (weighted

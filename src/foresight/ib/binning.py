@@ -17,9 +17,53 @@ that prints as ``-0.1`` is in bin ``-1`` for ``bin_size=0.1``. Each row of bin i
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from foresight.ib._samples import positive_float, positive_int
+
+_MAX_INDEX = float(2**62)  # bin indices stay well inside int64
+
+
+def check_range(range: object) -> tuple[float, float]:  # noqa: A002
+    """``range`` as finite ``(lo, hi)`` with ``lo < hi``, or a :class:`ValueError` saying why.
+
+    An infinite end would put every value into one bin and make every estimate 0 bits, a silent
+    wrong number; it is refused.
+
+    >>> check_range((-1, 1))
+    (-1.0, 1.0)
+    >>> check_range((0, float("inf")))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: range=(0, inf) must have finite ends...
+    """
+    try:
+        lo, hi = (float(v) for v in range)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"range must be a pair (lo, hi) of numbers, got {range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(
+            f"range={range!r} must have finite ends (not inf or NaN): with an infinite end every "
+            "value falls into one bin and every estimate is 0 bits; give the interval the values "
+            "lie in "
+            "(e.g. range=(-1, 1) for tanh units) or use bin_size= for unbounded units (e.g. "
+            "bin_size=0.07 for ReLU)"
+        )
+    if not lo < hi:
+        raise ValueError(f"range=(lo, hi) needs lo < hi, got {range!r}")
+    if not math.isfinite(hi - lo):
+        raise ValueError(f"range={range!r} is wider than the largest float; narrow it")
+    return lo, hi
+
+
+def _check_span(lo: float, hi: float) -> None:
+    if not math.isfinite(hi - lo):
+        raise ValueError(
+            f"the values span {lo:g} to {hi:g}, wider than the largest float: rescale them, or "
+            "give range=(lo, hi) or bin_size="
+        )
 
 
 def _working(t: torch.Tensor) -> torch.Tensor:
@@ -49,27 +93,34 @@ def bin_indices(
         if bins is not None or range is not None:
             raise ValueError("pass either bin_size= or bins=/range=, not both")
         size = positive_float(bin_size, "bin_size")
+        largest = float(tw.abs().max()) if tw.numel() else 0.0
+        if largest / size >= _MAX_INDEX:
+            raise ValueError(
+                f"bin_size={bin_size!r} is too small for values as large as {largest:g}: the bin "
+                "indices would overflow int64; use a larger bin_size (e.g. 0.07 for ReLU units)"
+            )
         return torch.floor(tw / size).to(torch.int64)
     b = positive_int(30 if bins is None else bins, "bins")
     if range is not None:
-        try:
-            lo, hi = (float(v) for v in range)
-        except (TypeError, ValueError):
-            raise ValueError(f"range must be a pair (lo, hi) of numbers, got {range!r}") from None
-        if not lo < hi:
-            raise ValueError(f"range=(lo, hi) needs lo < hi, got {range!r}")
+        lo, hi = check_range(range)
         los, scales = [lo], [b / (hi - lo)]
     elif groups is None:
         los, his = [float(tw.min())], [float(tw.max())]
+        _check_span(los[0], his[0])
         scales = [b / (h - lo) if h > lo else 0.0 for lo, h in zip(los, his)]
     else:
         col_lo, col_hi = tw.amin(dim=0).tolist(), tw.amax(dim=0).tolist()
         los, scales, start = [], [], 0
         for width in groups:
             lo, hi = min(col_lo[start : start + width]), max(col_hi[start : start + width])
+            _check_span(lo, hi)
             los += [lo] * width
             scales += [b / (hi - lo) if hi > lo else 0.0] * width  # constant group: one bin
             start += width
+    if max(los, default=0.0) - min(los, default=0.0) > torch.finfo(tw.dtype).max / 4 or any(
+        abs(lo) > torch.finfo(tw.dtype).max / 4 for lo in los
+    ):
+        tw = tw.to(torch.float64)  # t - lo would overflow the tensor's own precision
     lo_t = torch.tensor(los, dtype=tw.dtype, device=tw.device)
     scale_t = torch.tensor(scales, dtype=tw.dtype, device=tw.device)
     if lo_t.numel() == 1:

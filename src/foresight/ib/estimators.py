@@ -23,8 +23,14 @@ from collections.abc import Callable
 
 import torch
 
-from foresight.ib._samples import as_samples, is_symbolic, positive_int, same_length
-from foresight.ib.binning import bin_indices
+from foresight.ib._samples import (
+    as_samples,
+    is_symbolic,
+    positive_float,
+    positive_int,
+    same_length,
+)
+from foresight.ib.binning import bin_indices, check_range
 from foresight.ib.discrete import code_entropy, code_mi, row_code, row_labels, symbols_of
 from foresight.ib.kde import kde_mi_bits
 from foresight.ib.ksg import ksg_mi_bits
@@ -107,6 +113,27 @@ def check_options(method: str, options: dict) -> None:
             f"method={method!r} does not take option(s) {unknown}; "
             f"its options are {allowed or 'none'}"
         )
+    check_values(options)
+
+
+def check_values(options: dict) -> None:
+    """Raise :class:`ValueError` for an option value no estimator can use (before any work):
+    a ``range`` with an infinite or NaN end, non-positive or non-finite ``bins``, ``bin_size``,
+    ``noise_var``, ``k`` or ``chunk_size``, an unknown ``bound``."""
+    if options.get("range") is not None:
+        check_range(options["range"])
+    for name in ("bins", "k", "chunk_size"):
+        if options.get(name) is not None:
+            positive_int(options[name], name)
+    for name in ("bin_size", "noise_var"):
+        if options.get(name) is not None:
+            positive_float(options[name], name)
+    if "bound" in options and options["bound"] not in ("upper", "lower"):
+        raise ValueError(f"bound must be 'upper' or 'lower', got {options['bound']!r}")
+    if options.get("bin_size") is not None and (
+        options.get("bins") is not None or options.get("range") is not None
+    ):
+        raise ValueError("pass either bin_size= or bins=/range=, not both")
 
 
 def mutual_information(
@@ -128,8 +155,10 @@ def mutual_information(
         The estimate in bits, as a Python ``float``.
 
     Raises:
-        ValueError: unknown method or option, different numbers of samples, NaN/inf values, or
-            sides of the wrong kind for the method.
+        ValueError: unknown method or option, an option value that cannot be used (``range``
+            with an infinite or NaN end -- which would put every value into one bin and give 0
+            bits --, non-positive ``bins``/``bin_size``/``noise_var``/``k``), different numbers of
+            samples, NaN/inf values, or sides of the wrong kind for the method.
 
     The plug-in estimate is :math:`\hat H(X) + \hat H(Y) - \hat H(X, Y)`:
 
