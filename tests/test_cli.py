@@ -526,3 +526,26 @@ def test_input_shape_too_large_to_allocate_is_one_line(workdir, capsys):
     assert code == cli.EXIT_USER_ERROR and out == ""
     line = one_error_line(err)
     assert "cannot be allocated" in line and "PiB" in line
+
+
+def test_other_warnings_are_shown_once_on_one_line(workdir, capsys):
+    (workdir / "fs_warn_net.py").write_text(textwrap.dedent(
+        """
+        import warnings
+        from torch import nn
+
+        class Noisy(nn.Linear):
+            def forward(self, x):
+                warnings.warn("this layer is\\nexperimental", UserWarning)
+                warnings.warn("old API", DeprecationWarning)
+                return super().forward(x)
+
+        def net():
+            return nn.Sequential(Noisy(4, 3), Noisy(3, 2))
+        """
+    ))
+    sys.modules.pop("fs_warn_net", None)
+    code, out, err = main_out(capsys, "report", "fs_warn_net:net", "--input-shape", "4")
+    sys.modules.pop("fs_warn_net", None)
+    assert code == 0 and out.startswith("EI of the weight graph")
+    assert err.splitlines() == ["foresight: warning: UserWarning: this layer is experimental"]

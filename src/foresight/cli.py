@@ -465,6 +465,8 @@ def _report_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
     """Other warnings raised during the run, each once and on one line."""
     seen: set[str] = set()
     for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+            continue  # about libraries' code, not about this model (hidden by default too)
         text = " ".join(str(w.message).split())
         if text.startswith(_SKIP_WARNING) and "left out" in text:
             continue  # the skipped summary says it
