@@ -419,6 +419,12 @@ def run_report(args: argparse.Namespace) -> int:
     device = _device(args.device)
     torch.manual_seed(args.seed)  # the factory's random initialisation is reproducible
     random.seed(args.seed)
+    try:
+        import numpy
+
+        numpy.random.seed(args.seed % 2**32)  # noqa: NPY002 - the global RNG factories use
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
     model = build_model(args.model, kwargs)
     if args.weights:
         load_weights(model, args.weights, strip_prefix=args.strip_prefix)
@@ -643,8 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "literal (10, 0.5, True, None, 'text', (3, 4)), else kept as a string: "
                         "e.g. timm:create_model --arg model_name=resnet18 --arg num_classes=10")
     report.add_argument("--seed", type=int, default=0,
-                        help="seed of torch's random number generator before FACTORY runs, so a "
-                        "randomly initialised model is the same every run (default: 0)")
+                        help="seed of torch's (and Python's and numpy's) random number generators "
+                        "before FACTORY runs, so a randomly initialised model is the same every "
+                        "run (default: 0)")
     report.add_argument("--device", metavar="DEVICE",
                         help="move the model there and compute there (cpu, cuda, cuda:1, mps; "
                         "default: where FACTORY put it)")
