@@ -204,6 +204,8 @@ class _Recorder(TorchFunctionMode):
         self.calls: list[_Call] = []
         self.alive: list[Tensor] = []
         self.stack: list[int] = []
+        self.modcalls: list[list[Any]] = []  # [module id, first call, end call, in, out shapes]
+        self._open: list[list[Any]] = []
 
     def _seen(self, t: Tensor, value: Tensor | None) -> _Seen:
         return _Seen(
@@ -287,10 +289,20 @@ def _module_stack(recorder: _Recorder) -> Iterator[None]:
 
     def pre(module: nn.Module, args: Any) -> None:
         recorder.stack.append(id(module))
+        first = next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
+        entry = [id(module), len(recorder.calls), None,
+                 tuple(first.shape) if first is not None else None, None]
+        recorder._open.append(entry)
 
     def post(module: nn.Module, args: Any, output: Any) -> None:
         if recorder.stack and recorder.stack[-1] == id(module):
             recorder.stack.pop()
+        if recorder._open and recorder._open[-1][0] == id(module):
+            entry = recorder._open.pop()
+            entry[2] = len(recorder.calls)
+            out = next((a for a in _leaves(_plain(output)) if isinstance(a, Tensor)), None)
+            entry[4] = tuple(out.shape) if out is not None else None
+            recorder.modcalls.append(entry)
 
     h1 = register_module_forward_pre_hook(pre)
     h2 = register_module_forward_hook(post, always_call=True)
@@ -397,7 +409,7 @@ def discover(
     Raises:
         DiscoveryError: the forward pass raised, or ran different operations for different batches.
     """
-    from foresight.layers.registry import match
+    from foresight.layers.registry import match, match_free
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -427,6 +439,7 @@ def discover(
         run_b, _ = _run(model, in_b, kw_b, by_id, "diff", run_a.calls, seed, False)
         plan = _analyse(run_a.calls, run_b.calls, run_c.calls, b_a, b_c, names, trainable,
                         reachable, by_id, run_a.alive, match)
+        plan.units = _units(run_a.modcalls, run_c.modcalls, plan, names, b_a, b_c)
         del run_a, run_b, run_c, out_a, roots
     plan.signature = signature(model, inputs, kwargs)
     return plan
@@ -463,6 +476,8 @@ def _coupling(seen_b: _Seen | None, layout: Layout, b_a: int) -> bool:
 
 def _analyse(calls_a, calls_b, calls_c, b_a, b_c, names, trainable, reachable, by_id, alive,
              match) -> Plan:  # noqa: C901
+    from foresight.layers.registry import match_free
+
     if len(calls_a) != len(calls_c) or len(calls_a) != len(calls_b) or any(
         x.func is not y.func or x.func is not z.func for x, y, z in zip(calls_a, calls_b, calls_c)
     ):
@@ -502,6 +517,14 @@ def _analyse(calls_a, calls_b, calls_c, b_a, b_c, names, trainable, reachable, b
             ):
                 plan.coupled.append(_where(ca, names))
         if not tracked:
+            out_batched = [j for j, lay in enumerate(out_layouts) if isinstance(lay, Layout)]
+            if batched and out_batched:
+                free = match_free(ca.func, ca, batched, out_layouts[out_batched[0]])
+                if free is not None:
+                    use = _make_use(ci, ca, {}, batched, out_batched[0], out_layouts,
+                                    derived_of_tid, names, lambda *a: free, b_a)
+                    use_of_call[ci] = len(plan.uses)
+                    plan.uses.append(use)
             continue
         keys = tuple(
             sa.param if sa.param is not None else f"#{derived_of_tid[sa.tid]}"
@@ -545,6 +568,28 @@ def _analyse(calls_a, calls_b, calls_c, b_a, b_c, names, trainable, reachable, b
         names[mid][0]: names[mid][1] for c in calls_a for mid in c.stack if mid in names
     }
     return plan
+
+
+def _units(mods_a, mods_c, plan: Plan, names: dict, b_a: int, b_c: int) -> list:
+    """Every module call, with per-example input/output shapes and the uses inside it."""
+    from foresight.layers.plan import Unit
+
+    out = []
+    use_at = {u.index: i for i, u in enumerate(plan.uses)}
+    for entry_a, entry_c in zip(mods_a, mods_c):
+        mid, start, end, in_a, out_a = entry_a
+        if mid not in names or in_a is None or out_a is None:
+            continue
+        in_c, out_c = entry_c[3], entry_c[4]
+        name, typ, _ = names[mid]
+        lay_in = detect(in_a, in_c, b_a, b_c, None) if in_c is not None else None
+        lay_out = detect(out_a, out_c, b_a, b_c, None) if out_c is not None else None
+        if not isinstance(lay_in, Layout) or not isinstance(lay_out, Layout):
+            continue
+        inside = tuple(use_at[i] for i in range(start, end) if i in use_at)
+        out.append(Unit(name, typ, _per_example(in_a, lay_in, b_a),
+                        _per_example(out_a, lay_out, b_a), lay_in, lay_out, inside))
+    return out
 
 
 def _where(call: _Call, names: dict) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from foresight.layers.layout import Layout
 
-__all__ = ["Operand", "Derived", "Use", "Plan", "Step"]
+__all__ = ["Operand", "Derived", "Use", "Unit", "Plan", "Step"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,21 @@ class Use:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """One call of a module during the forward pass (the model itself included), with the uses
+    that ran inside it. Metrics that describe layers as modules (EI's registered module types,
+    whose weight graph covers the whole module) read these."""
+
+    module: str
+    module_type: str
+    in_shape: tuple[int, ...]  # per example (first tensor argument)
+    out_shape: tuple[int, ...]  # per example (first tensor of the output)
+    in_layout: Layout
+    out_layout: Layout
+    uses: tuple[int, ...]  # indices into Plan.uses
+
+
+@dataclass(frozen=True)
 class Step:
     """One operation of the forward pass that reads a tracked tensor (a parameter or a derived
     tensor), in order: what the runtime capture checks the live forward pass against."""
@@ -100,6 +115,7 @@ class Plan:
 
     uses: list[Use] = field(default_factory=list)
     derived: dict[int, Derived] = field(default_factory=dict)
+    units: list[Unit] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     params: dict[str, tuple[int, ...]] = field(default_factory=dict)  # trainable name -> shape
     unseen: dict[str, str] = field(default_factory=dict)  # parameter -> reason

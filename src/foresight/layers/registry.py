@@ -28,7 +28,9 @@ from torch import Tensor
 from foresight.layers.calls import Pos
 from foresight.layers.layout import Layout
 
-__all__ = ["Rule", "RULES", "FALLBACK", "register_rule", "rules_for", "match", "bind"]
+__all__ = [
+    "Rule", "RULES", "FALLBACK", "register_rule", "rules_for", "match", "match_free", "bind",
+]
 
 Match = tuple["Rule", int, dict[str, int], dict[str, Any]]
 
@@ -52,6 +54,8 @@ class Rule:
 
     name = "rule"
     role = "fallback"
+    param_free = False  # a weight graph without parameters (pooling): matched with no operands
+    needs_input = True  # whether per_example reads the batched input
     funcs: tuple[Callable[..., Any], ...] = ()
     signature: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
@@ -106,6 +110,17 @@ def match(
         found = rule.match(call, tracked, batched, out_layout)
         if found is not None:
             return (rule, *found)
+    return None
+
+
+def match_free(func: Callable[..., Any], call: Any, batched: dict, out_layout: Layout) -> Match | None:
+    """The first parameter-free rule (a weight graph without parameters: average pooling) that
+    accepts a call reading no parameter."""
+    for rule in rules_for(func):
+        if getattr(rule, "param_free", False):
+            found = rule.match(call, {}, batched, out_layout)
+            if found is not None:
+                return (rule, *found)
     return None
 
 
