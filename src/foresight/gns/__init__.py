@@ -20,10 +20,7 @@ from foresight.gns.planning import (
     steps_needed,
     suggested_batch_size,
 )
-try:
-    from foresight.gns.tracker import GradientNoiseScale
-except ImportError:  # TEMP
-    pass
+from foresight.gns.tracker import GradientNoiseScale
 
 __all__ = [
     "GradientNoiseScale",

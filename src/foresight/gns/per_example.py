@@ -6,10 +6,10 @@ trainable parameters, :func:`per_example_sq_norms` returns
 
 How: the layer core (:mod:`foresight.layers`) plans the model once -- every use of every parameter,
 at the level of torch operations, with where the batch sits in each -- and during one forward and
-one backward pass of the batch loss (:class:`foresight.layers.capture.Capture`) each use's rule turns
-its input and output gradient into per-example contributions: closed forms for linear maps (any
-rank, ``addmm``/``matmul`` weights), convolutions, embeddings, normalisations and elementwise scale
-and bias parameters; derived weights (parametrizations, weight norm) through one batched
+one backward pass of the batch loss (:class:`foresight.layers.capture.Capture`) each use's rule
+turns its input and output gradient into per-example contributions: closed forms for linear maps
+(any rank, ``addmm``/``matmul`` weights), convolutions, embeddings, normalisations and elementwise
+scale and bias parameters; derived weights (parametrizations, weight norm) through one batched
 vector-Jacobian product to the parameters they are made of; tied parameters with their cross terms;
 and any operation no rule knows through the exact per-example vector-Jacobian product of that
 operation alone (never of the whole model). The backward pass asks autograd only for what the rules

@@ -275,7 +275,7 @@ class Capture(TorchFunctionMode):
                 except RuntimeError:  # an operation without a batching rule: one at a time
                     rows = [torch.autograd.grad(out, inputs, g, retain_graph=True,
                                                 allow_unused=True) for g in grad_outputs]
-                    return [None if r[i] is None else torch.stack([x[i] for x in rows])
+                    return [None if rows[0][i] is None else torch.stack([x[i] for x in rows])
                             for i in range(len(inputs))]
         finally:
             self._busy -= 1

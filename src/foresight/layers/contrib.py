@@ -6,7 +6,8 @@ its contributions,
 
 .. math::
 
-    \lVert g_b \rVert^2 = \sum_u \lVert c^{(u)}_b \rVert^2 + 2 \sum_{u < v} \langle c^{(u)}_b, c^{(v)}_b \rangle,
+    \lVert g_b \rVert^2 = \sum_u \lVert c^{(u)}_b \rVert^2
+    + 2 \sum_{u < v} \langle c^{(u)}_b, c^{(v)}_b \rangle,
 
 so a contribution need only offer its squared norm and its inner product with another. Three forms
 keep them cheap:
@@ -15,9 +16,9 @@ keep them cheap:
 * :class:`Outer` -- :math:`\sum_t u_{bt} v_{bt}^\top` with ``u [B, T, m]``, ``v [B, T, n]`` (a
   linear layer: output gradients times inputs); never formed when a Gram identity is cheaper:
   :math:`\langle U_1^\top V_1, U_2^\top V_2 \rangle = \langle U_1 U_2^\top, V_1 V_2^\top \rangle`;
-* :class:`Rows` -- :math:`\sum_t e_{i_{bt}} v_{bt}^\top` (an embedding: rows of a table), whose inner
-  products with the others are gathers, so that a tied embedding and output layer (GPT-2's ``wte``)
-  never form a ``[B, vocabulary, features]`` tensor.
+* :class:`Rows` -- :math:`\sum_t e_{i_{bt}} v_{bt}^\top` (an embedding: rows of a table), whose
+  inner   products with the others are gathers, so that a tied embedding and output layer (GPT-2's
+  ``wte``) never form a ``[B, vocabulary, features]`` tensor.
 
 Every form can also ``dense()`` itself. All products accumulate in float32 or better.
 
@@ -65,7 +66,7 @@ class Dense:
 
 @dataclass
 class Outer:
-    r""":math:`\sum_t u_{bt} v_{bt}^\top`, shape ``(m, n)`` per example (``transpose``: ``(n, m)``)."""
+    r""":math:`\sum_t u_{bt} v_{bt}^\top`: ``(m, n)`` per example (``transpose``: ``(n, m)``)."""
 
     u: Tensor  # [B, T, m]
     v: Tensor  # [B, T, n]
@@ -121,7 +122,8 @@ def outer_sq_norms(a: Tensor, g: Tensor) -> Tensor:
     r""":math:`\lVert \sum_t g_{bt} a_{bt}^\top \rVert_F^2` for ``a [B, T, I]``, ``g [B, T, K]``.
 
     The Gram form (cost :math:`B T^2 (I+K)`) or the materialised product (:math:`B T I K`),
-    whichever is cheaper; :math:`T = 1` is Goodfellow's :math:`\lVert g_b\rVert^2\lVert a_b\rVert^2`.
+    whichever is cheaper; :math:`T = 1` is Goodfellow's
+    :math:`\lVert g_b\rVert^2\lVert a_b\rVert^2`.
 
     >>> a, g = torch.randn(2, 3, 4), torch.randn(2, 3, 5)
     >>> ref = torch.einsum("bti,btk->bik", a, g).square().sum((1, 2))

@@ -12,16 +12,16 @@ tell us *where* (which module) a call runs, which names the result. Intercepting
 registered, and after weights were transposed and views taken; the function level is the highest
 level that still sees every parameter as it is used.
 
-What the pass does (inside :func:`foresight._guard.preserved`, with the random state restored, so the
-model and its training are untouched):
+What the pass does (inside :func:`foresight._guard.preserved`, with the random state restored, so
+the model and its training are untouched):
 
 1. it slices the batch to 3 examples (repeating examples when the batch is smaller) and runs the
    forward pass with the interception on, recording every call: the function, which arguments are
    parameters, the shapes, the module it ran in;
 2. it runs the same forward pass on 2 examples: the dimensions that change size carry the batch;
-3. it runs the 3 examples again with example 0 perturbed: the entries that change belong to example 0,
-   which tells how a merged dimension (``B*T`` or ``T*B``) is ordered, and where examples stop being
-   independent (BatchNorm in training mode, which couples the batch).
+3. it runs the 3 examples again with example 0 perturbed: the entries that change belong to
+   example 0,    which tells how a merged dimension (``B*T`` or ``T*B``) is ordered, and where
+   examples stop being independent (BatchNorm in training mode, which couples the batch).
 
 A tensor without a batch dimension that requires a gradient is a parameter or is *derived* from
 parameters (:class:`~foresight.layers.plan.Derived`). A call that combines a batched tensor with a
@@ -42,7 +42,7 @@ import contextlib
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -324,7 +324,9 @@ def _run(
     grad: bool,
 ) -> tuple[_Recorder, Any]:
     recorder = _Recorder(params, keep, reference)
-    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None})
+    devices = sorted(
+        {p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None}
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         with _module_stack(recorder), torch.set_grad_enabled(grad), recorder:
@@ -409,7 +411,7 @@ def discover(
     Raises:
         DiscoveryError: the forward pass raised, or ran different operations for different batches.
     """
-    from foresight.layers.registry import match, match_free
+    from foresight.layers.registry import match
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -485,7 +487,6 @@ def _analyse(calls_a, calls_b, calls_c, b_a, b_c, names, trainable, reachable, b
             "the forward pass runs different operations for different batches (data-dependent "
             "control flow); foresight cannot plan it"
         )
-    alive_by_id = {id(t): t for t in alive}
     plan = Plan(params=dict(trainable))
     derived_of_tid: dict[int, int] = {}  # run-A tensor id -> Derived id
     produced_by: dict[int, tuple[int, int]] = {}  # run-A tensor id -> (call index, out index)
@@ -522,7 +523,7 @@ def _analyse(calls_a, calls_b, calls_c, b_a, b_c, names, trainable, reachable, b
                 free = match_free(ca.func, ca, batched, out_layouts[out_batched[0]])
                 if free is not None:
                     use = _make_use(ci, ca, {}, batched, out_batched[0], out_layouts,
-                                    derived_of_tid, names, lambda *a: free, b_a)
+                                    derived_of_tid, names, _constant(free), b_a)
                     use_of_call[ci] = len(plan.uses)
                     plan.uses.append(use)
             continue
@@ -536,7 +537,8 @@ def _analyse(calls_a, calls_b, calls_c, b_a, b_c, names, trainable, reachable, b
                 sources.add(sa.param)
             else:
                 sources.update(plan.derived[derived_of_tid[sa.tid]].sources)
-        seen_params.update(sources)
+        if ca.grad:
+            seen_params.update(sources)
         out_batched = [j for j, lay in enumerate(out_layouts) if isinstance(lay, Layout)]
         if batched and out_batched:
             use = _make_use(ci, ca, tracked, batched, out_batched[0], out_layouts,
@@ -590,6 +592,13 @@ def _units(mods_a, mods_c, plan: Plan, names: dict, b_a: int, b_c: int) -> list:
         out.append(Unit(name, typ, _per_example(in_a, lay_in, b_a),
                         _per_example(out_a, lay_out, b_a), lay_in, lay_out, inside))
     return out
+
+
+def _constant(value: Any) -> Callable[..., Any]:
+    def same(*args: Any) -> Any:
+        return value
+
+    return same
 
 
 def _where(call: _Call, names: dict) -> str:

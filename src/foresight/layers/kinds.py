@@ -1,10 +1,10 @@
 """The one list of layer kinds: what every metric needs to know about modules and functions that
 are *not* weight layers.
 
-* **activations** -- elementwise nonlinearities, as modules and as functions, with their output range
-  when bounded and whether they are monotone (non-decreasing) on the whole real line. The causal
-  measures use the range to bin outputs, the information plane takes their outputs as the hidden
-  representations, EI passes over them;
+* **activations** -- elementwise nonlinearities, as modules and as functions, with their output
+  range when bounded and whether they are monotone (non-decreasing) on the whole real line. The
+  causal measures use the range to bin outputs, the information plane takes their outputs as the
+  hidden representations, EI passes over them;
 * **normalisations** -- layers that rescale activations with statistics of the activations (their
   ``weight``/``bias`` are elementwise scale and bias parameters, not a weight graph);
 * **pass-through** -- modules that do not change what a layer means (dropout, identity, flatten):

@@ -113,7 +113,9 @@ def match(
     return None
 
 
-def match_free(func: Callable[..., Any], call: Any, batched: dict, out_layout: Layout) -> Match | None:
+def match_free(
+    func: Callable[..., Any], call: Any, batched: dict, out_layout: Layout
+) -> Match | None:
     """The first parameter-free rule (a weight graph without parameters: average pooling) that
     accepts a call reading no parameter."""
     for rule in rules_for(func):

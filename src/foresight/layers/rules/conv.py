@@ -1,7 +1,8 @@
 r"""Convolutions with a parameter weight: ``F.conv1d/2d/3d`` (``nn.Conv1d/2d/3d`` and anything else
 calling them; the padding modes of ``nn.Conv`` are an ``F.pad`` before the call).
 
-Per example :math:`b`, the weight gradient :math:`W_b[o, c, k] = \sum_l G_b[o, l]\, X_b[c, l s + k d]`
+Per example :math:`b`, the weight gradient
+:math:`W_b[o, c, k] = \sum_l G_b[o, l]\, X_b[c, l s + k d]`
 is itself a convolution -- of the (padded) input with the output gradient as the kernel, stride and
 dilation swapped -- so a few examples at a time are one grouped convolution (every (example, group)
 pair a group). The bias gradient sums the output gradient over positions.

@@ -1,6 +1,6 @@
 r"""Elementwise scale and bias parameters: ``x * w`` and ``x + b`` / ``x - b`` with a parameter
-(or derived) tensor broadcast over the batch -- Llama's and T5's RMSNorm (``weight * x``), LayerScale
-(``x * gamma``), a position embedding or a learned bias added to the activations.
+(or derived) tensor broadcast over the batch -- Llama's and T5's RMSNorm (``weight * x``),
+LayerScale (``x * gamma``), a position embedding or a learned bias added to the activations.
 
 Per example the parameter's gradient is the output gradient (times the other operand, for a scale)
 summed over every dimension the parameter is broadcast over.

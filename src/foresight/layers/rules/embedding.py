@@ -20,7 +20,8 @@ __all__ = ["EmbeddingRule"]
 
 
 class EmbeddingRule(Rule):
-    """``F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)``."""
+    """``F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq,
+    sparse)``."""
 
     name = "embedding"
     role = "weight"

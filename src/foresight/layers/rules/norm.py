@@ -2,10 +2,11 @@ r"""Normalisations with parameter scale and bias: ``F.layer_norm``, ``F.rms_norm
 ``F.group_norm`` and ``F.batch_norm`` with running statistics (BatchNorm in eval mode).
 
 With :math:`\hat x` the normalised input, the output is :math:`w \odot \hat x + b`, so per example
-the scale's gradient sums :math:`g \odot \hat x` and the bias's sums :math:`g` over every position the
-parameters are broadcast over. :math:`\hat x` is recomputed from the layer input (one normalisation
-without parameters). BatchNorm in training mode normalises with the batch's statistics, which couples
-the examples: per-example gradients are not defined there (the discovery reports it).
+the scale's gradient sums :math:`g \odot \hat x` and the bias's sums :math:`g` over every position
+the parameters are broadcast over. :math:`\hat x` is recomputed from the layer input (one
+normalisation without parameters). BatchNorm in training mode normalises with the batch's
+statistics, which
+couples the examples: per-example gradients are not defined there (the discovery reports it).
 """
 
 from __future__ import annotations
