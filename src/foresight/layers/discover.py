@@ -374,7 +374,8 @@ def _derived_sources(t: Tensor, by_id: dict[int, str]) -> tuple[str, ...]:
 def _sig_of_inputs(inputs: Any, kwargs: dict[str, Any]) -> tuple[Any, ...]:
     flat = list(_leaves((inputs, kwargs)))
     return tuple(
-        (tuple(t.shape[1:]), str(t.dtype), t.device.type) if isinstance(t, Tensor) else type(t)
+        (tuple(t.shape[1:]), str(t.dtype), t.device.type) if isinstance(t, Tensor)
+        else (t if isinstance(t, (bool, int, float, str, type(None))) else type(t))
         for t in flat
     )
 
