@@ -34,8 +34,9 @@ def linear_model(d: int, w0: torch.Tensor) -> nn.Linear:
 @pytest.mark.parametrize("per_example", [True, False])
 def test_uneven_micro_batches_are_unbiased(per_example):
     """Micro-batches of 8, 8 and 5 examples: the mean of the raw estimates over many steps is the
-    closed form of linear regression (SCIENCE.md section 2): |G|^2 = D^2, tr = d(D^2 + s^2) +
-    D^2.""" d, sigma = 4, 0.7
+    closed form of linear regression (SCIENCE.md section 2): |G|^2 = D^2,
+    tr = d(D^2 + s^2) + D^2."""
+    d, sigma = 4, 0.7
     gen = torch.Generator().manual_seed(0)
     w_true = torch.randn(d, 1, generator=gen, dtype=torch.float64)
     delta = torch.randn(d, 1, generator=gen, dtype=torch.float64) * 0.6
