@@ -9,7 +9,14 @@ of CPU tensor memory allocated during one call above what was held before it (fr
 profiler's memory events, op granularity), again as a ratio to the baseline. A peer that fails on
 a model is reported as skipped with the reason.
 
-Run: ``python benchmarks/bench_gns.py [--reps N] [--threads T] [--models mlp,cnn,transformer]``.
+A second table times a whole training step (forward, backward, ``GradientNoiseScale.step()``,
+optimizer step) with the tracker measuring every step, and 100 steps with ``every=10``, each as a
+ratio to the same loop without the tracker, interleaved over repetitions.
+
+Run: ``python benchmarks/bench_gns.py [--reps N] [--threads T]
+[--models mlp,cnn,transformer,gpt2] [--tracker mlp,cnn,transformer]``. ``gpt2`` is Hugging Face's
+``GPT2LMHeadModel`` built from a config (4 layers, width 256, 128 tokens, batch 16, the GPT-2
+vocabulary); it needs ``transformers``.
 """
 
 from __future__ import annotations
@@ -103,7 +110,26 @@ def transformer() -> tuple[nn.Module, torch.Tensor, torch.Tensor, Callable]:
     return TinyGPT(), ids, torch.randint(0, 256, (32, 64)), lm_loss
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids).logits
+
+
+def gpt2() -> tuple[nn.Module, torch.Tensor, torch.Tensor, Callable]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg = transformers.GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128)
+    model = _Logits(transformers.GPT2LMHeadModel(cfg))
+    ids = torch.randint(0, cfg.vocab_size, (16, 128))
+    return model, ids, torch.randint(0, cfg.vocab_size, (16, 128)), lm_loss
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer, "gpt2": gpt2}
 
 # ----------------------------------------------------------------------------- methods
 
@@ -231,10 +257,61 @@ def bench(name: str, reps: int) -> None:
         print(f"  {mname:<12} skipped ({why})")
 
 
+def _loop(model, x, y, loss_fn, steps: int, tracker=None) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def run() -> None:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            if tracker is not None:
+                tracker.step()
+            opt.step()
+
+    return run
+
+
+def bench_tracker(name: str, reps: int) -> None:
+    """A training step with the tracker (every step measured) and 100 steps with every=10, each
+    against the same loop without it (every loop trains its own copy of the model)."""
+    from foresight.gns import GradientNoiseScale
+
+    torch.manual_seed(0)
+    model, x, y, loss_fn = MODELS[name]()
+    copies = [copy.deepcopy(model) for _ in range(4)]
+    each = GradientNoiseScale(copies[1])
+    every = GradientNoiseScale(copies[3], every=10)
+    runs = {
+        "plain step": _loop(copies[0], x, y, loss_fn, 1),
+        "tracker step": _loop(copies[1], x, y, loss_fn, 1, each),
+        "plain x100": _loop(copies[2], x, y, loss_fn, 100),
+        "every=10 x100": _loop(copies[3], x, y, loss_fn, 100, every),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for rep in range(reps + 1):  # the first round warms up (and plans the model)
+            for key, fn in runs.items():
+                if key.endswith("x100") and rep > max(2, reps // 5):
+                    continue
+                t0 = time.perf_counter()
+                fn()
+                if rep:
+                    times[key].append(time.perf_counter() - t0)
+    each.close()
+    every.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{name} (tracker): plain step {1e3 * med['plain step']:.1f} ms "
+          f"(median of {len(times['plain step'])}; 100-step loops: {len(times['plain x100'])})")
+    print(f"  tracker, every step measured   {med['tracker step'] / med['plain step']:.2f}x")
+    print(f"  tracker every=10, 100 steps    {med['every=10 x100'] / med['plain x100']:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--models", default="mlp,cnn,transformer")
+    parser.add_argument("--models", default="mlp,cnn,transformer,gpt2")
+    parser.add_argument("--tracker", default="mlp,cnn,transformer")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: leave torch's default)"
     )
@@ -242,8 +319,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name in args.models.split(","):
-        bench(name, args.reps)
+    for name in filter(None, args.models.split(",")):
+        bench(name, args.reps if name != "gpt2" else max(3, args.reps // 5))
+    for name in filter(None, args.tracker.split(",")):
+        bench_tracker(name, args.reps)
 
 
 if __name__ == "__main__":

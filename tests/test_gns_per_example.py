@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foresight.gns import per_example, per_example_sq_norms, per_parameter_sq_norms, rules
+from foresight.gns import per_example_sq_norms, per_parameter_sq_norms
+from foresight.gns.per_example import plan_for
+from foresight.layers.rules import conv as conv_rule
 from tests.reference.model_state import assert_unchanged, snapshot
 from tests.reference.per_example_loop import (
     per_example_param_sq_norms_loop,
@@ -25,12 +27,10 @@ def check(model, x, y, loss_fn=mse, *, no_fallback=True, monkeypatch=None):
     model = model.double()
     x = x.double() if x.is_floating_point() else x
     y = y.double()
-    if no_fallback and monkeypatch is not None:
-
-        def boom(*a, **k):
-            raise AssertionError("fallback used where a rule exists")
-
-        monkeypatch.setattr(per_example, "_fallback_grads", boom)
+    if no_fallback:
+        plan = plan_for(model, x if isinstance(x, tuple) else (x,))
+        fallback = [f"{u.module} {u.op}" for u in plan.uses if u.kind == "fallback"]
+        assert not fallback, f"fallback used where a rule exists: {fallback}"
     ref = per_example_param_sq_norms_loop(model, loss_fn, x, y)
     got, _ = per_parameter_sq_norms(model, loss_fn, x, y)
     assert set(got) == set(ref)
@@ -85,10 +85,10 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("method", ["loop", "grouped"])
+@pytest.mark.parametrize("method", [1, 4])
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 def test_conv(case, method, monkeypatch):
-    monkeypatch.setattr(rules, "CONV_METHOD", method)
+    monkeypatch.setattr(conv_rule, "CONV_CHUNK", method)
     cls, kw = CONV_CASES[case]
     nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[cls]
     g = torch.Generator().manual_seed(case)
@@ -342,12 +342,12 @@ class ConvTwice(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-@pytest.mark.parametrize("method", ["loop", "grouped"])
+@pytest.mark.parametrize("method", [1, 4])
 @pytest.mark.parametrize(
     "kw", [dict(padding=1), dict(padding="same", groups=2, padding_mode="reflect", dilation=2)]
 )
 def test_conv_called_twice_materialised(method, kw, monkeypatch):
-    monkeypatch.setattr(rules, "CONV_METHOD", method)
+    monkeypatch.setattr(conv_rule, "CONV_CHUNK", method)
     check(ConvTwice(**kw), torch.randn(3, 4, 9, 9), torch.randn(3, 2), monkeypatch=monkeypatch)
 
 

@@ -208,16 +208,30 @@ def test_close_removes_every_hook():
         gns.step()
 
 
+class _ScaleFn(torch.autograd.Function):
+    """``x * s`` with its own backward: invisible to the layer core."""
+
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        x, s = ctx.saved_tensors
+        return g * s, (g * x).sum(0)
+
+
 class Scale(nn.Module):
     def __init__(self, n):
         super().__init__()
         self.s = nn.Parameter(torch.ones(n))
 
     def forward(self, x):
-        return x * self.s
+        return _ScaleFn.apply(x, self.s)
 
 
-def test_layers_without_rule_use_micro_batches_or_warn():
+def test_invisible_parameters_use_micro_batches_or_warn():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), Scale(4), nn.Linear(4, 2)).double()
     x, y = data(16, seed=4)

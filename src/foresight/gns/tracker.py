@@ -4,47 +4,58 @@
 extra pass -- and returns, at every ``step()``, the smoothed :math:`|G|^2`,
 :math:`\\mathrm{tr}(\\Sigma)` and :math:`B_\\text{simple}`.
 
-Where each parameter's "small batch" comes from:
+Where each parameter's "small batch" comes from (:meth:`GradientNoiseScale.coverage` says, per
+parameter, as of the last step):
 
-* **per-example** (``b = 1``): parameters of layers with a rule (:mod:`foresight.gns.rules`), used
-  once per forward pass. Forward hooks keep the layer input; a hook on the layer output receives its
-  gradient during ``loss.backward()`` and the rule turns the pair into per-example squared norms.
-* **micro-batch**: every other parameter (no rule, tied, used outside its layer) and all parameters
-  with ``per_example=False``. A hook on the parameter sees each micro-batch's gradient before it is
-  accumulated into ``.grad``; the big batch is the accumulated gradient. Needs >= 2 micro-batches
-  per step (gradient accumulation), or DDP.
+* **per-example** (``b = 1``): every parameter whose uses the layer core can follow
+  (:mod:`foresight.layers`): the model is planned at its first forward pass (and again whenever the
+  trainable parameters, the modes or the forward pass change), and during each forward pass a
+  :class:`~foresight.layers.capture.Capture` registers gradient hooks on the outputs of the
+  parameters' uses; the backward pass the user runs anyway delivers the per-example norms.
+* **micro-batch**: parameters whose per-example gradients are not defined or not visible (a
+  BatchNorm in training mode couples the examples; a custom ``autograd.Function``) and all
+  parameters   with ``per_example=False``. A hook on the parameter sees each micro-batch's gradient
+  before it is accumulated into ``.grad``; the big batch is the accumulated gradient. Needs >= 2
+  micro-batches
+  per step (gradient accumulation, sizes may differ), or DDP.
 * **DDP** (``DistributedDataParallel``): the rank's local gradient (the micro-batch sum, read by
   the parameter hook *before* DDP's all-reduce replaces ``.grad``) is the small batch of
-  :math:`b = ` micro-batch :math:`\\times` micro-steps examples, the all-reduced ``.grad`` the big
-  batch of :math:`b \\times` world size. Per-example squared norms are averaged over ranks too.
-  The ranks' small-batch values travel in **one** ``all_reduce`` of a few scalars per step; DDP's
-  own communication is untouched (no comm hook is installed, so yours keeps working).
+  :math:`b = ` the rank's examples, the all-reduced ``.grad`` the big batch of :math:`b \\times`
+  world size. Per-example squared norms are averaged over ranks too. The ranks' small-batch values
+  travel in **one** ``all_reduce`` of a few scalars per step; DDP's own communication is untouched.
 
 The big-batch gradient is read from ``.grad`` at ``step()``, so call ``step()`` after the last
 ``backward()`` of the step and **before** gradient clipping, ``scaler.unscale_()`` and
 ``optimizer.zero_grad()``. Under a loss scaler pass ``loss_scale=scaler.get_scale()``: all squared
 norms are divided by its square. ``loss_reduction="mean"`` means ``.grad`` holds the mean gradient
-over all examples of the step (divide a mean loss by the number of micro-batches when
-accumulating, as usual); ``"sum"`` means each backward used a sum over its examples.
+over all examples of the step (weight each micro-batch's mean loss by its share of the step's
+examples, e.g. divide by the number of micro-batches when they are equal); ``"sum"`` means each
+backward used a sum over its examples.
 
 Every forward pass of the model with gradients enabled counts as one micro-batch of the step (its
-batch size is read from the first tensor argument, dim 0): run evaluation under
-``torch.no_grad()``, and zero the gradients after each optimizer step. Passes run by foresight's
-own measurements (:func:`~foresight.gns.noise_scale` etc.) are ignored.
+batch size is read from the first tensor argument, dim 0); a forward pass that raises does not
+count. Run evaluation under ``torch.no_grad()``, and zero the gradients after each optimizer step.
+Passes run by foresight's own measurements are ignored. ``every=k`` measures on every k-th step only
+(steps ``0, k, 2k, ...``); on the other steps the hooks return at once.
+
+A ``torch.compile``'d forward pass hides the per-operation activations: with ``per_example=True``
+the first ``step()`` raises an error that says what to do; the micro-batch estimator
+(``per_example=False``, with accumulation or DDP) works on compiled models.
 
 Smoothing: the raw unbiased estimates of :math:`|G|^2` and :math:`\\mathrm{tr}(\\Sigma)` are
 averaged separately with an exponential moving average with bias correction,
 :math:`m_n = \\beta m_{n-1} + (1-\\beta) x_n`, :math:`\\hat m_n = m_n / (1 - \\beta^n)`, and
 :math:`B_\\text{simple} = \\hat m^{\\Sigma}_n / \\hat m^{G}_n`. Ratios are never averaged,
 negative raw estimates are kept (clipping them would bias the average), steps with a non-finite
-value (e.g. a loss-scaler overflow) are skipped.
+value (e.g. a loss-scaler overflow) are skipped. The totals add the groups estimated at the latest
+measured step (a layer frozen since then drops out of them).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,28 +63,27 @@ import torch
 from torch import Tensor, nn
 
 from foresight.gns.estimators import NoiseScale, _unbiased, layer_name, ratio
-from foresight.gns.per_example import (
-    _Call,
-    _lead,
-    check_reduction,
-    graph_uses,
-    route,
-    trackers_suspended,
-    trainable,
-)
-from foresight.gns.rules import coupled_batch_norms, find_rule
+from foresight.gns.per_example import check_reduction, suspend_trackers, trackers_suspended
+from foresight.layers.capture import Capture
+from foresight.layers.discover import DiscoveryError, batch_inputs, discover, signature
+from foresight.layers.plan import Plan
 
 __all__ = ["GradientNoiseScale"]
 
 
-def _tensors(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
+def _is_compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return bool(torch._dynamo.is_compiling())
+
+
+def _eager(fn):
+    """Keep a hook out of ``torch.compile``'s graphs (it runs eagerly, every time)."""
+    try:
+        return torch._dynamo.disable(fn)
+    except Exception:  # pragma: no cover - no dynamo
+        return fn
 
 
 class GradientNoiseScale:
@@ -86,8 +96,9 @@ class GradientNoiseScale:
             ``"sum"``.
         groups: optional ``{name: parameters}`` (e.g. the optimizer's parameter groups) for the
             per-group estimates; by default one group per layer.
-        per_example: use per-example norms where a rule exists (default); ``False`` uses the
-            micro-batch/DDP estimator for every parameter.
+        per_example: use per-example norms where the layer core can follow the parameter
+            (default); ``False`` uses the micro-batch/DDP estimator for every parameter.
+        every: measure on every ``every``-th step only (near-zero cost on the others).
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
@@ -102,6 +113,8 @@ class GradientNoiseScale:
     ...         opt.zero_grad()
     >>> est.batch_size, est.trace_sigma > 0
     (32, True)
+    >>> gns.coverage()["0.weight"]
+    'per-example'
     """
 
     def __init__(
@@ -112,137 +125,194 @@ class GradientNoiseScale:
         loss_reduction: str = "mean",
         groups: dict[str, Iterable[nn.Parameter]] | None = None,
         per_example: bool = True,
+        every: int = 1,
     ) -> None:
         check_reduction(loss_reduction)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         from torch.nn.parallel import DistributedDataParallel
 
         self.distributed = isinstance(model, DistributedDataParallel)
-        self.module: nn.Module = model.module if self.distributed else model
+        module: nn.Module = model.module if self.distributed else model
+        self.compiled = _compiled(module)
+        module = getattr(module, "_orig_mod", module)
+        self.module = module
         self.beta = beta
         self.loss_reduction = loss_reduction
         self.per_example = per_example
-        self.params = trainable(self.module)
-        if not self.params:
+        self.every = every
+        if not any(p.requires_grad for p in module.parameters()):
             raise ValueError("model has no trainable parameters (requires_grad=True)")
-        self.group_of = self._assign_groups(groups)
-        self.group_names = list(dict.fromkeys(self.group_of.values()))
+        self._groups_arg = groups
+        self._group_of: dict[int, str] = {}
+        self.group_names: list[str] = []
+        self._assign_groups()
         self._handles: list = []
+        self._param_handles: dict[int, Any] = {}
         self._closed = False
-        self._plan: dict[int, str] = {}
-        self._signature: Counter | None = None
-        self._fw_calls: list[_Call] = []
-        self._fw_batch = 0
+        self._plan: Plan | None = None
+        self._plan_sig: tuple | None = None
+        self._plan_error: str | None = None
+        self._active: Capture | None = None
+        self._pe_now: set[int] = set()  # parameters measured per example in this step
         self._warned: set[str] = set()
+        self._coverage: dict[str, str] = {}
+        self._calls = 0  # step() calls so far
+        self._measuring = True
         self._reset_step()
         self.steps = 0
         self.skipped = 0
         self._ema = {g: [0.0, 0.0, 0] for g in self.group_names}  # |G|^2, tr(Sigma), updates
+        self._last_groups: list[str] = []
+        self._last_batch = 0
         self.last_raw: NoiseScale | None = None
         self._install()
 
     # ------------------------------------------------------------------ setup
 
-    def _assign_groups(self, groups: dict[str, Iterable[nn.Parameter]] | None) -> dict[int, str]:
-        if groups is None:
-            return {id(p): layer_name(n) for n, p in self.params}
+    def _named(self) -> dict[str, nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    def _assign_groups(self) -> None:
+        named = self._named()
+        groups = self._groups_arg
         out: dict[int, str] = {}
-        for gname, ps in groups.items():
-            for p in ps:
-                out[id(p)] = str(gname)
-        for _, p in self.params:
-            out.setdefault(id(p), "(other)")
-        return out
+        if groups is not None:
+            for gname, ps in groups.items():
+                for p in ps:
+                    out[id(p)] = str(gname)
+        for n, p in named.items():
+            out.setdefault(id(p), "(other)" if groups is not None else layer_name(n))
+        self._group_of = out
+        for g in dict.fromkeys(out.values()):
+            if g not in self.group_names:
+                self.group_names.append(g)
+                if hasattr(self, "_ema"):
+                    self._ema.setdefault(g, [0.0, 0.0, 0])
 
     def _install(self) -> None:
         root = self.module
-        self._handles.append(root.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
-        if self.per_example:
-            for m in root.modules():
-                rule = find_rule(m)
-                if rule is not None and any(p.requires_grad for p in m.parameters(recurse=False)):
-                    self._handles.append(m.register_forward_hook(self._layer_hook(rule)))
-        # registered last so that it runs after the layer hooks when the root is itself a layer
-        self._handles.append(root.register_forward_hook(self._post_forward))
-        for _, p in self.params:
-            self._handles.append(p.register_hook(self._param_hook(p)))
+        self._handles.append(
+            root.register_forward_pre_hook(_eager(self._pre_forward), with_kwargs=True)
+        )
+        self._handles.append(
+            root.register_forward_hook(_eager(self._post_forward), always_call=True)
+        )
+        self._hook_params()
+
+    def _hook_params(self) -> None:
+        for _, p in self.module.named_parameters():
+            if p.requires_grad and id(p) not in self._param_handles:
+                self._param_handles[id(p)] = p.register_hook(_eager(self._param_hook(p)))
 
     def _reset_step(self) -> None:
-        self._example_sq: dict[str, float] = {}  # group -> sum over examples of captured |g_i|^2
-        self._micro_sq: dict[str, float] = {}  # group -> sum over micro-batches of |c_k|^2
-        self._local_sq: dict[int, Tensor] = {}  # param -> |sum_k c_k|^2 so far
+        self._example_sq: dict[str, float] = {}  # group -> sum over examples of |g_i|^2
+        self._example_count = 0
+        self._micro: dict[int, list[tuple[float, int]]] = {}  # param -> [(|c_k|^2, b_k)]
+        self._local_sq: dict[int, Tensor] = {}  # param -> |sum_k c_k|^2 so far (DDP)
         self._micro_sizes: list[int] = []
-        self._nonfinite = False
+        self._caps: list[tuple[Capture, int]] = []
+        self._per_example_ids: set[int] = set()
+        self._step_notes: list[str] = []
+        self._inexact = False
+
+    # ------------------------------------------------------------------ planning
+
+    def _replan(self, args: tuple, kwargs: dict) -> None:
+        sig = signature(self.module, args, kwargs)
+        if self._plan is not None and sig == self._plan_sig:
+            return
+        self._plan_sig = sig
+        self._assign_groups()
+        self._hook_params()
+        try:
+            with suspend_trackers():
+                self._plan = discover(self.module, args, kwargs)
+            self._plan_error = None
+        except DiscoveryError as exc:
+            self._plan, self._plan_error = None, str(exc)
+
+    def _per_example_names(self) -> set[str]:
+        """Trainable parameters whose per-example norms the current plan can deliver."""
+        plan = self._plan
+        if plan is None or not self.per_example or plan.coupled:
+            return set()
+        named = self._named()
+        return {
+            n for n in plan.params
+            if n in named and named[n].requires_grad and n not in plan.unseen
+        }
 
     # ------------------------------------------------------------------ hooks
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._closed or trackers_suspended() or not torch.is_grad_enabled():
             return
-        first = next(iter(_tensors(args) + _tensors(kwargs)), None)
-        self._fw_batch = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
-        self._micro_sizes.append(self._fw_batch)
-        self._fw_calls = []
+        if not self._measuring:
+            return
+        if _is_compiling():
+            self.compiled = True
+            return
+        if self._active is not None:  # a nested call of the model: part of the outer pass
+            return
+        self._fw_batch = batch_inputs(args, kwargs) if _has_tensor(args, kwargs) else 1
+        if not self.per_example or self.compiled:
+            return
+        self._replan(args, kwargs)
+        wanted = self._per_example_names()
+        if not wanted:
+            return
+        cap = Capture(self._plan, module, self._fw_batch, wanted)
+        named = self._named()
+        self._pe_now = {id(named[n]) for n in wanted}
+        cap.__enter__()
+        self._active = cap
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._closed or trackers_suspended() or not torch.is_grad_enabled():
             return
-        calls, self._fw_calls = self._fw_calls, []
-        signature = Counter((id(c.module), tuple(c.a.shape[:1]), c.out_batch) for c in calls)
-        if signature != self._signature or not self._plan:
-            outs = [t for t in _tensors(output) if t.requires_grad]
-            self._plan = route(calls, self.params, graph_uses(*outs), self._fw_batch)
-            if not self.per_example:
-                self._plan = {k: "micro" for k in self._plan}
-            self._signature = signature
-
-    def _layer_hook(self, rule):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if self._closed or trackers_suspended() or not torch.is_grad_enabled() or not args:
-                return
-            if not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
-                return
-            if not output.requires_grad:
-                return
-            call = _Call(module, rule, args[0], _lead(output))
-            self._fw_calls.append(call)
-            a = args[0].detach()
-            output.register_hook(self._output_grad_hook(module, rule, a))
-
-        return hook
-
-    def _output_grad_hook(self, module: nn.Module, rule, a: Tensor):
-        def hook(grad: Tensor) -> None:
-            if self._closed or trackers_suspended():
-                return
-            own = [
-                (n, p)
-                for n, p in module.named_parameters(recurse=False)
-                if p.requires_grad and self._plan.get(id(p)) == "norm"
-            ]
-            if not own:
-                return
-            with torch.no_grad():
-                sq = rule.sq_norms(module, a, grad.detach())
-                for n, p in own:
-                    g = self.group_of[id(p)]
-                    self._example_sq[g] = self._example_sq.get(g, 0.0) + float(sq[n].double().sum())
-
-        return hook
+        if not self._measuring or _is_compiling():
+            return
+        cap, self._active = self._active, None
+        if cap is not None:
+            cap.__exit__(None, None, None)
+        if sys.exc_info()[0] is not None:  # the forward pass raised: it does not count
+            if cap is not None:
+                cap.release()
+            return
+        self._micro_sizes.append(getattr(self, "_fw_batch", 1))
+        if cap is None:
+            return
+        if cap.deviation is not None:
+            cap.release()
+            self._plan_sig = None  # plan again at the next forward pass
+            self._inexact = True
+            self._step_notes.append(f"the forward pass left its plan ({cap.deviation})")
+            return
+        self._caps.append((cap, self._micro_sizes[-1]))
 
     def _param_hook(self, p: nn.Parameter):
+        pid = id(p)
+
         def hook(grad: Tensor) -> None:
-            if self._closed or trackers_suspended() or self._plan.get(id(p)) == "norm":
+            if self._closed or not self._measuring or pid in self._pe_now:
+                return
+            if trackers_suspended() or any(c.busy for c, _ in self._caps) or (
+                self._active is not None and self._active.busy
+            ):
                 return
             with torch.no_grad():
-                g = self.group_of[id(p)]
-                micro = float(grad.double().square().sum())
-                self._micro_sq[g] = self._micro_sq.get(g, 0.0) + micro
                 if self.distributed:
                     old = p.grad
                     local = grad if old is None else old + grad
-                    self._local_sq[id(p)] = local.double().square().sum()
+                    self._local_sq[pid] = _sq(local)
+                elif self._micro_sizes:
+                    self._micro.setdefault(pid, []).append((float(_sq(grad)),
+                                                            self._micro_sizes[-1]))
 
         return hook
 
@@ -265,18 +335,25 @@ class GradientNoiseScale:
         """
         if self._closed:
             raise RuntimeError("this GradientNoiseScale was closed")
-        coupled = coupled_batch_norms(self.module) if self.per_example else []
-        if coupled and any(v == "norm" for v in self._plan.values()):
-            raise ValueError(
-                f"BatchNorm layer(s) {coupled} use batch statistics, which couple the examples, "
-                "so per-example gradients are not defined. Use GradientNoiseScale(model, "
-                "per_example=False) with gradient accumulation or DDP (the two-batch estimator), "
-                "put those layers in eval mode, or use GroupNorm."
+        measured = self._measuring
+        self._calls += 1
+        self._measuring = self._calls % self.every == 0
+        if not measured:
+            self._release_step()
+            return self.estimate(batch_size=self._last_batch)
+        if self.compiled and self.per_example:
+            self._release_step()
+            raise RuntimeError(
+                "GradientNoiseScale: the model runs under torch.compile, whose compiled graph "
+                "hides the per-layer activations that per-example gradient norms are read from. "
+                "Either create the tracker with per_example=False (the micro-batch estimator: "
+                "needs >= 2 micro-batches per step via gradient accumulation, or DDP), or measure "
+                "on the uncompiled model."
             )
         try:
             raw = self._raw_estimate(float(loss_scale))
         finally:
-            self._reset_step()
+            self._release_step()
         if raw is not None:
             self.last_raw = raw
             values = [raw.grad_sq_norm, raw.trace_sigma] + [
@@ -284,56 +361,139 @@ class GradientNoiseScale:
             ]
             if all(math.isfinite(v) for v in values):
                 self.steps += 1
-                by_group = {lay["name"]: lay for lay in raw.layers}
-                for gname in self.group_names:
-                    lay = by_group.get(gname)
-                    if lay is None:
-                        continue
-                    ema = self._ema[gname]
+                self._last_groups = [lay["name"] for lay in raw.layers]
+                self._last_batch = raw.batch_size
+                for lay in raw.layers:
+                    ema = self._ema.setdefault(lay["name"], [0.0, 0.0, 0])
                     ema[0] = self.beta * ema[0] + (1 - self.beta) * lay["grad_sq_norm"]
                     ema[1] = self.beta * ema[1] + (1 - self.beta) * lay["trace_sigma"]
                     ema[2] += 1
             else:
                 self.skipped += 1
-        return self.estimate(batch_size=raw.batch_size if raw is not None else 0)
+        else:
+            self.skipped += 1
+        return self.estimate(batch_size=raw.batch_size if raw is not None else self._last_batch)
+
+    def _release_step(self) -> None:
+        for cap, _ in self._caps:
+            cap.release()
+        self._pe_now = set()
+        self._reset_step()
+
+    def _collect_examples(self, loss_scale: float, b_local: int) -> None:
+        """Sum the captured per-example squared norms of the step into ``_example_sq``."""
+        alpha = 1.0 / b_local if self.loss_reduction == "mean" else 1.0
+        named = self._named()
+        for cap, _ in self._caps:
+            norms = cap.finish()
+            if cap.errors:
+                raise _CaptureFailed("; ".join(cap.errors))
+            for n, v in norms.items():
+                p = named.get(n)
+                if p is None:
+                    continue
+                g = self._group_of.get(id(p), layer_name(n))
+                self._example_sq[g] = self._example_sq.get(g, 0.0) + float(
+                    v.double().sum()
+                ) / (alpha**2) / loss_scale**2
+                self._per_example_ids.add(id(p))
 
     def _raw_estimate(self, loss_scale: float) -> NoiseScale | None:
         sizes = self._micro_sizes
+        named = self._named()
+        trainable = {n: p for n, p in named.items() if p.requires_grad}
+        cover: dict[str, str] = {}
         if not sizes:
+            self._coverage = {n: "excluded: no forward pass with gradients this step"
+                              for n in trainable}
             return None
-        n_micro, b_micro = len(sizes), sizes[0]
+        n_micro = len(sizes)
         b_local = sum(sizes)
         world = self._world()
         b_big = b_local * world
+        if self._inexact:
+            self._coverage = {n: "excluded: " + "; ".join(self._step_notes) for n in trainable}
+            self._warn_once("deviation", "GradientNoiseScale: this step is not measured: "
+                            + "; ".join(self._step_notes) + ". The model is planned again.")
+            return None
+        try:
+            self._collect_examples(loss_scale, b_local)
+        except _CaptureFailed as exc:
+            self._coverage = {n: f"excluded: per-example capture failed ({exc})"
+                              for n in trainable}
+            self._warn_once("capture", f"GradientNoiseScale: per-example capture failed: {exc}")
+            return None
         alpha = 1.0 / b_local if self.loss_reduction == "mean" else 1.0
         s2 = loss_scale**2
-        kind_of = self._kinds()
+        micro_ok = world > 1 or n_micro >= 2
+        kind_of: dict[int, str] = {}
+        reasons = self._exclusion_reasons()
+        excluded: dict[str, str] = {}
+        for n, p in trainable.items():
+            if p.grad is None and id(p) not in self._per_example_ids:
+                cover[n] = "excluded: no gradient this step (unused by the forward pass)"
+                continue
+            if id(p) in self._per_example_ids:
+                kind_of[id(p)] = "norm"
+                cover[n] = "per-example"
+            elif micro_ok and id(p) in self._param_handles:
+                kind_of[id(p)] = "micro"
+                cover[n] = "micro-batch"
+            else:
+                why = reasons.get(n, "no per-example gradient")
+                excluded[n] = why
+                cover[n] = (f"excluded: {why}, and only one micro-batch per step without DDP "
+                            "(accumulate >= 2 micro-batches per step to include it)")
+        if excluded and not kind_of and self._plan is not None and self._plan.coupled:
+            self._coverage = cover
+            raise ValueError(
+                f"GradientNoiseScale: the examples are coupled at {self._plan.coupled[0]} "
+                "(BatchNorm in training mode?), so per-example gradients are not defined, and "
+                "there is only one micro-batch per step. Use GradientNoiseScale(model, "
+                "per_example=False) with gradient accumulation (>= 2 micro-batches per step) or "
+                "DDP, put the BatchNorm layers in eval mode, or use GroupNorm/LayerNorm."
+            )
+        if excluded:
+            groups = sorted({self._group_of.get(id(trainable[n]), n) for n in excluded})
+            first = next(iter(excluded.values()))
+            self._warn_once("excluded:" + ",".join(groups), (
+                f"GradientNoiseScale: parameter group(s) {groups!r} have no per-example gradient "
+                f"({first}) and there is only one micro-batch per step without DDP, so they are "
+                "left out of the totals (see coverage()). Accumulate >= 2 micro-batches per step "
+                "to include them."
+            ))
+        self._coverage = cover
         # global mean gradient per (group, kind), from .grad
         big: dict[tuple[str, str], float] = {}
-        for _, p in self.params:
-            if p.grad is None or id(p) not in kind_of:
+        for p in trainable.values():
+            if id(p) not in kind_of:
                 continue
-            key = (self.group_of[id(p)], kind_of[id(p)])
-            big[key] = big.get(key, 0.0) + float(p.grad.detach().double().square().sum())
+            key = (self._group_of[id(p)], kind_of[id(p)])
+            big[key] = big.get(key, 0.0) + (float(_sq(p.grad)) if p.grad is not None else 0.0)
         gscale = (world / (alpha * b_big)) ** 2 / s2
         small: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (|G_small|^2, b_small)
-        for key in dict.fromkeys((self.group_of[pid], k) for pid, k in kind_of.items()):
+        harmonic = n_micro / sum(1.0 / b for b in sizes)
+        for key in dict.fromkeys((self._group_of[pid], k) for pid, k in kind_of.items()):
             gname, kind = key
             if kind == "norm":
-                value = self._example_sq.get(gname, 0.0) / (alpha**2 * b_local) / s2
+                value = self._example_sq.get(gname, 0.0) / b_local
                 small[key] = (value, 1.0)
             elif world > 1:
                 loc = sum(
                     float(v)
                     for pid, v in self._local_sq.items()
-                    if self.group_of[pid] == gname and kind_of.get(pid) == "micro"
+                    if self._group_of.get(pid) == gname and kind_of.get(pid) == "micro"
                 )
                 small[key] = (loc / (alpha * b_local) ** 2 / s2, float(b_local))
-            elif n_micro >= 2:
-                value = self._micro_sq.get(gname, 0.0) / (alpha * b_micro) ** 2 / n_micro / s2
-                small[key] = (value, float(b_micro))
             else:
-                self._warn_excluded(gname)
+                # micro-batch k of b_k examples: g_k = c_k / (alpha b_k); E|g_k|^2 = |G|^2 + S/b_k
+                total = 0.0
+                for pid, seen in self._micro.items():
+                    if self._group_of.get(pid) != gname or kind_of.get(pid) != "micro":
+                        continue
+                    for sq, b in seen:
+                        total += sq / (alpha * b) ** 2
+                small[key] = (total / n_micro / s2, harmonic)
         if world > 1:
             small = self._all_reduce_mean(small)
         parts: dict[str, list[float]] = {}
@@ -354,25 +514,30 @@ class GradientNoiseScale:
         tr_total = sum(v[1] for v in parts.values())
         return NoiseScale.from_parts(g_total, tr_total, b_big, layers)
 
-    def _kinds(self) -> dict[int, str]:
-        """``id(param) -> "norm"`` (per-example rule) ``| "micro"``; unused parameters omitted."""
-        out = {}
-        for _, p in self.params:
-            kind = self._plan.get(id(p), "micro")
-            if kind != "zero":
-                out[id(p)] = "norm" if kind == "norm" else "micro"
+    def _exclusion_reasons(self) -> dict[str, str]:
+        plan = self._plan
+        out: dict[str, str] = {}
+        if not self.per_example:
+            return {n: "per_example=False" for n in self._named()}
+        if self.compiled:
+            return {n: "the model is compiled" for n in self._named()}
+        if plan is None:
+            why = self._plan_error or "the model was not planned"
+            return {n: why for n in self._named()}
+        for n in self._named():
+            if plan.coupled:
+                out[n] = f"the examples are coupled at {plan.coupled[0]}"
+            elif n in plan.unseen:
+                out[n] = plan.unseen[n]
+            elif n not in plan.params:
+                out[n] = "it was frozen when the model was planned"
         return out
 
-    def _warn_excluded(self, gname: str) -> None:
-        if gname in self._warned:
+    def _warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
             return
-        self._warned.add(gname)
-        warnings.warn(
-            f"GradientNoiseScale: parameter group {gname!r} has no per-example rule and there is "
-            "only one micro-batch per step without DDP, so its noise scale cannot be estimated; it "
-            "is left out of the totals. Accumulate >= 2 micro-batches per step to include it.",
-            stacklevel=3,
-        )
+        self._warned.add(key)
+        warnings.warn(message, stacklevel=4)
 
     def _all_reduce_mean(self, small: dict) -> dict:
         import torch.distributed as dist
@@ -380,18 +545,23 @@ class GradientNoiseScale:
         names = sorted(small)
         if not names:
             return small
-        device = self.params[0][1].device
+        device = next(self.module.parameters()).device
         vec = torch.tensor([small[n][0] for n in names], dtype=torch.float64, device=device)
         dist.all_reduce(vec)
         vec /= dist.get_world_size()
         return {n: (float(v), small[n][1]) for n, v in zip(names, vec.tolist())}
 
+    def coverage(self) -> dict[str, str]:
+        """For every trainable parameter, how its small-batch norm was obtained at the last
+        measured step: ``"per-example"``, ``"micro-batch"`` or ``"excluded: <reason>"``."""
+        return dict(self._coverage)
+
     def estimate(self, batch_size: int = 0) -> NoiseScale:
         """The current smoothed estimate: bias-corrected EMAs
-        :math:`m_n / (1 - \\beta^n)` of each group's parts, summed over groups (``nan`` before
-        the first step); groups never estimated are left out."""
+        :math:`m_n / (1 - \\beta^n)` of each group's parts, summed over the groups estimated at
+        the latest measured step (``nan`` before the first step)."""
         layers, g_total, tr_total = [], 0.0, 0.0
-        for gname in self.group_names:
+        for gname in self._last_groups:
             m_g, m_tr, n = self._ema[gname]
             if n == 0:
                 continue
@@ -413,6 +583,7 @@ class GradientNoiseScale:
             "steps": self.steps,
             "skipped": self.skipped,
             "ema": {g: list(v) for g, v in self._ema.items()},  # [m_G, m_Sigma, n_updates]
+            "last_groups": list(self._last_groups),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -424,12 +595,22 @@ class GradientNoiseScale:
         self.steps = int(state["steps"])
         self.skipped = int(state["skipped"])
         self._ema = {g: [float(a), float(b), int(n)] for g, (a, b, n) in state["ema"].items()}
+        self._last_groups = list(state.get("last_groups", [g for g, v in self._ema.items()
+                                                           if v[2] > 0]))
 
     def close(self) -> None:
         """Remove every hook from the model (hooks on live autograd graphs become no-ops)."""
+        if self._active is not None:
+            self._active.__exit__(None, None, None)
+            self._active.release()
+            self._active = None
         for h in self._handles:
             h.remove()
+        for h in self._param_handles.values():
+            h.remove()
         self._handles = []
+        self._param_handles = {}
+        self._release_step()
         self._closed = True
 
     def __enter__(self) -> GradientNoiseScale:
@@ -437,3 +618,34 @@ class GradientNoiseScale:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _CaptureFailed(RuntimeError):
+    pass
+
+
+def _sq(t: Tensor) -> Tensor:
+    """Squared norm in float64 (float32 partial sums; half precision upcast first)."""
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return torch.linalg.vector_norm(t).double() ** 2
+
+
+def _has_tensor(args: tuple, kwargs: dict) -> bool:
+    try:
+        batch_inputs(args, kwargs)
+        return True
+    except DiscoveryError:
+        return False
+
+
+def _compiled(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``torch.compile`` wrapper or was compiled in place."""
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except Exception:  # pragma: no cover
+        return False
+    return isinstance(module, OptimizedModule) or (
+        getattr(module, "_compiled_call_impl", None) is not None
+    )

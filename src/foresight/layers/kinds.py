@@ -1,0 +1,161 @@
+"""The one list of layer kinds: what every metric needs to know about modules and functions that
+are *not* weight layers.
+
+* **activations** -- elementwise nonlinearities, as modules and as functions, with their output
+  range when bounded and whether they are monotone (non-decreasing) on the whole real line. The
+  causal measures use the range to bin outputs, the information plane takes their outputs as the
+  hidden representations, EI passes over them;
+* **normalisations** -- layers that rescale activations with statistics of the activations (their
+  ``weight``/``bias`` are elementwise scale and bias parameters, not a weight graph);
+* **pass-through** -- modules that do not change what a layer means (dropout, identity, flatten):
+  looked past when searching for the activation that follows a weight layer.
+
+Everything is recognised with ``isinstance`` (subclasses count) or, for functions, by identity.
+Add to these tuples to teach every metric about a new kind at once.
+
+>>> import torch
+>>> from torch import nn
+>>> activation_range(nn.Sigmoid()), activation_range(torch.tanh), activation_range(nn.ReLU())
+((0.0, 1.0), (-1.0, 1.0), None)
+>>> is_activation(nn.GELU()), is_activation(nn.Linear(2, 2)), is_monotone(nn.GELU())
+(True, False, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+__all__ = [
+    "ACTIVATION_MODULES",
+    "ACTIVATION_FUNCTIONS",
+    "MONOTONE_MODULES",
+    "NORM_MODULES",
+    "PASS_THROUGH_MODULES",
+    "activation_range",
+    "is_activation",
+    "is_monotone",
+    "is_norm",
+    "is_pass_through",
+]
+
+#: Elementwise activation modules.
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU,
+    nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid,
+    nn.Hardswish, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
+)
+
+#: Activations applied along a dimension (not elementwise, but the output of a classifier): taken as
+#: a representation by the information plane, not as an activation by the causal measures.
+SOFTMAX_MODULES: tuple[type[nn.Module], ...] = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+
+#: Monotone (non-decreasing on all of R) activation modules. LeakyReLU/PReLU/ELU/CELU are
+#: monotone only for a non-negative slope/alpha, checked by :func:`is_monotone`.
+MONOTONE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.SELU, nn.Softplus, nn.Softsign, nn.Hardtanh,
+    nn.Hardsigmoid, nn.LogSigmoid,
+)
+
+#: Elementwise activation functions (as called in a ``forward``), with their names.
+ACTIVATION_FUNCTIONS: dict[Callable[..., Any], str] = {
+    torch.sigmoid: "sigmoid", torch.Tensor.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    torch.tanh: "tanh", torch.Tensor.tanh: "tanh", F.tanh: "tanh",
+    torch.relu: "relu", torch.Tensor.relu: "relu", F.relu: "relu", F.relu6: "relu6",
+    F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.celu: "celu",
+    F.gelu: "gelu", F.silu: "silu", F.mish: "mish", F.softplus: "softplus",
+    F.softsign: "softsign", F.hardtanh: "hardtanh", F.hardsigmoid: "hardsigmoid",
+    F.hardswish: "hardswish", F.tanhshrink: "tanhshrink", F.logsigmoid: "logsigmoid",
+}
+
+_MONOTONE_FUNCTIONS = {
+    "sigmoid", "tanh", "relu", "relu6", "selu", "softplus", "softsign", "hardtanh", "hardsigmoid",
+    "logsigmoid",
+}
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0), "relu6": (0.0, 6.0), "hardtanh": (-1.0, 1.0),
+}
+
+_MODULE_NAMES: dict[type[nn.Module], str] = {
+    nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid", nn.Tanh: "tanh", nn.Softsign: "softsign",
+    nn.ReLU6: "relu6",
+}
+
+#: Normalisation layers: their parameters are elementwise scale and bias.
+NORM_MODULES: tuple[type[nn.Module], ...] = tuple(
+    t
+    for t in (
+        nn.modules.batchnorm._NormBase,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if t is not None
+)
+
+#: Modules looked past when searching for the activation after a weight layer.
+PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten,
+)
+
+
+def is_activation(obj: Any) -> bool:
+    """Whether ``obj`` (a module or a function) is an elementwise activation."""
+    if isinstance(obj, nn.Module):
+        return isinstance(obj, ACTIVATION_MODULES)
+    try:
+        return obj in ACTIVATION_FUNCTIONS
+    except TypeError:  # unhashable callable
+        return False
+
+
+def is_norm(module: Any) -> bool:
+    """Whether ``module`` is a normalisation layer."""
+    return isinstance(module, NORM_MODULES)
+
+
+def is_pass_through(module: Any) -> bool:
+    """Whether ``module`` is dropout, identity or flatten."""
+    return isinstance(module, PASS_THROUGH_MODULES)
+
+
+def is_monotone(activation: Any) -> bool:
+    """Whether the activation is non-decreasing on the whole real line (``None`` = identity)."""
+    if activation is None:
+        return True
+    if isinstance(activation, (nn.LeakyReLU,)):
+        return activation.negative_slope >= 0
+    if isinstance(activation, (nn.ELU, nn.CELU)):
+        return activation.alpha >= 0
+    if isinstance(activation, nn.PReLU):
+        return bool((activation.weight.detach() >= 0).all())
+    if isinstance(activation, nn.Module):
+        return isinstance(activation, MONOTONE_MODULES)
+    try:
+        return ACTIVATION_FUNCTIONS.get(activation) in _MONOTONE_FUNCTIONS
+    except TypeError:
+        return False
+
+
+def activation_range(activation: Any) -> tuple[float, float] | None:
+    """The output range of a bounded activation (``None`` if unbounded or unknown)."""
+    if isinstance(activation, nn.Hardtanh):  # also ReLU6 (a Hardtanh(0, 6))
+        return (float(activation.min_val), float(activation.max_val))
+    if isinstance(activation, nn.Module):
+        for klass in type(activation).__mro__:
+            name = _MODULE_NAMES.get(klass)
+            if name is not None:
+                return _RANGES[name]
+        return None
+    try:
+        name = ACTIVATION_FUNCTIONS.get(activation)
+    except TypeError:
+        return None
+    return _RANGES.get(name) if name is not None else None

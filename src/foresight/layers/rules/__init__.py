@@ -1,0 +1,10 @@
+"""The built-in rules, one module per kind of parameter use (importing registers them)."""
+
+from foresight.layers.rules import (  # noqa: F401
+    conv,
+    elementwise,
+    embedding,
+    linear,
+    norm,
+    pool,
+)

@@ -1,0 +1,36 @@
+"""Helpers shared by the rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from foresight.layers.calls import Pos
+from foresight.layers.layout import Layout, canonical
+
+__all__ = ["pos", "is_tracked", "is_batched", "flat_batch"]
+
+
+def pos(x: Any) -> int | None:
+    """The flat position of a tensor argument (``None`` for a non-tensor or a missing one)."""
+    return int(x) if isinstance(x, Pos) else None
+
+
+def is_tracked(x: Any, tracked: dict) -> bool:
+    p = pos(x)
+    return p is not None and p in tracked
+
+
+def is_batched(x: Any, batched: dict) -> bool:
+    p = pos(x)
+    return p is not None and p in batched
+
+
+def flat_batch(t: Tensor, layout: Layout, batch: int, trailing: int) -> Tensor:
+    """``[B, N, *last trailing dims]``: every entry of an example that is not in the trailing dims
+    counted as one of its N positions (the batch must not be among the trailing dims)."""
+    c = canonical(t, layout, batch)
+    if trailing == 0:
+        return c.reshape(batch, -1)
+    return c.reshape(batch, -1, *c.shape[c.dim() - trailing :])
