@@ -100,16 +100,15 @@ def coupling_error(where: list[str]) -> ValueError:
     )
 
 
-def check_no_coupling(model: nn.Module) -> None:
-    """Raise if a BatchNorm layer normalises with batch statistics (checked without a forward
-    pass; the discovery also finds any other coupling)."""
-    coupled = [
-        f"{name or type(model).__name__} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-    ]
-    if coupled:
-        raise coupling_error(coupled)
+def check_no_coupling(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Raise if the examples of a batch are not independent in ``model`` (BatchNorm in training
+    mode, or any other operation that mixes examples), as found by the plan."""
+    try:
+        plan = plan_for(model, args)
+    except DiscoveryError:
+        return  # reported by the caller's own forward pass
+    if plan.coupled:
+        raise coupling_error(plan.coupled)
 
 
 def _as_args(inputs: Inputs) -> tuple[Tensor, ...]:
@@ -190,7 +189,6 @@ def per_parameter_sq_norms(
     params = trainable(model)
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True)")
-    check_no_coupling(model)
     wanted = {n for n, _ in params}
     try:
         plan = plan_for(model, args)
