@@ -111,6 +111,18 @@ def check_no_coupling(model: nn.Module, args: tuple[Any, ...]) -> None:
         raise coupling_error(plan.coupled)
 
 
+def check_materialized(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Raise if parameters or inputs live on the meta device (they have shapes but no values)."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta or any(isinstance(a, Tensor) and a.is_meta for a in args):
+        where = f"parameters {meta[:3]}{' ...' if len(meta) > 3 else ''}" if meta else "inputs"
+        raise ValueError(
+            f"the {where} are on the meta device: they have shapes but no values, so there are "
+            "no gradients to measure. Materialise the model first (model.to_empty(device=...) "
+            "then load or initialise the weights)."
+        )
+
+
 def _as_args(inputs: Inputs) -> tuple[Tensor, ...]:
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     if not args or not all(isinstance(x, Tensor) for x in args):
@@ -173,6 +185,8 @@ def per_parameter_sq_norms(
     (['bias', 'weight'], (4,))
     """
     check_reduction(loss_reduction)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     args = _as_args(inputs)
@@ -182,13 +196,14 @@ def per_parameter_sq_norms(
             f"inputs must hold at least one example along dim 0, got shape {tuple(args[0].shape)}"
         )
     if torch.is_inference_mode_enabled():
-        raise RuntimeError(
+        raise ValueError(
             "per-example gradients need autograd, which torch.inference_mode() switches off; "
             "call this outside the inference_mode block"
         )
     params = trainable(model)
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True)")
+    check_materialized(model, args)
     wanted = {n for n, _ in params}
     try:
         plan = plan_for(model, args)
