@@ -38,6 +38,7 @@ PUBLIC_MODULES = (
     "foresight.plot.causal",
     "foresight.integrations.lightning",
     "foresight.cli",
+    "foresight.layers",
 )
 
 _REMOTE = re.compile(r"^\s*(?:https?:)?//", re.IGNORECASE)
