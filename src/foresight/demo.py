@@ -523,9 +523,10 @@ def turning_points(values: Sequence[float], delta: float) -> list[tuple[str, int
     A maximum at index :math:`i` is confirmed at the first later index :math:`j` where the series
     has fallen more than ``delta`` below :math:`y_i` (the highest value since the previous
     minimum); a minimum likewise when the series has risen more than ``delta`` above it. Maxima and
-    minima alternate. An extreme at index 0 (the series simply starts by falling or rising) is not
-    a turning point and is not returned. Wiggles smaller than ``delta`` are ignored, so SGD noise
-    does not make turning points.
+    minima alternate. The first move larger than ``delta`` only sets the direction: the extreme
+    it starts from is where the series starts (a wiggle smaller than ``delta`` before it is not
+    a turning point), so it is not returned. Wiggles smaller than ``delta`` are ignored, so SGD
+    noise does not make turning points.
 
     Returns:
         ``[(kind, index, confirmed_index), ...]`` with ``kind`` ``"max"`` or ``"min"``, in order.
@@ -544,12 +545,12 @@ def turning_points(values: Sequence[float], delta: float) -> list[tuple[str, int
         if v < values[lo]:
             lo = i
         if looking in (None, "max") and values[hi] - v > delta:
-            if hi > 0:
+            if looking is not None:
                 out.append(("max", hi, i))
             looking = "min"
             lo = min(range(hi, i + 1), key=values.__getitem__)
         elif looking in (None, "min") and v - values[lo] > delta:
-            if lo > 0:
+            if looking is not None:
                 out.append(("min", lo, i))
             looking = "max"
             hi = max(range(lo, i + 1), key=values.__getitem__)

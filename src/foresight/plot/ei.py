@@ -241,7 +241,7 @@ def _annotate_phases(ei_axes, phases: Mapping[str, Any], x: str, zoom, minimum) 
             f"slope {after.get('ei_slope_per_10k', math.nan):+.4f} bits per 10k {x}s")
     before = (phases.get("before_min") or {}).get("ei_slope_per_10k")
     if before is not None and math.isfinite(before):
-        text += f" (before it: {before:+.4f})"
+        text += f"\n(from {x} {_int(best / 2)} to the minimum: {before:+.4f})"
     # the label goes where the curve is not: below it if EI ends high, above it if low
     ys = [ln.get_ydata() for ln in main.get_lines() if ln.get_label() == "EI"]
     lo, hi = main.get_ylim()
