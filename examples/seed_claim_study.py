@@ -94,9 +94,9 @@ class Config:
 
 
 def make_config(model: str, n_train: int, lr: float, seeds: Sequence[int],
-                scale: float = 1.0) -> Config:
+                scale: float = 1.0, points: int = POINTS) -> Config:
     steps = int(round(scale * STEPS_PER[model] * n_train / lr))
-    every = max(1, steps // POINTS)
+    every = max(1, steps // points)
     steps = every * math.ceil(steps / every)
     return Config(model, n_train, lr, tuple(seeds), steps, every)
 
@@ -172,8 +172,20 @@ class BatchedNets:
 
 
 def train(config: Config) -> list[dict[str, Any]]:
-    """Train every seed of ``config``; return one run (a dict with its ``history``) per seed."""
+    """Train every seed of ``config``; return one run (a dict with its ``history``) per seed.
+
+    Runs on one thread (restored afterwards): the matrices are small, and the study runs
+    configurations in parallel processes instead.
+    """
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: Config) -> list[dict[str, Any]]:
     seeds = config.seeds
     splits = [data.digits(n_train=config.n_train, seed=s) for s in seeds]
     x_train = torch.stack([sp.x_train for sp in splits])
@@ -543,8 +555,10 @@ def figure(rows: Sequence[dict], path: str | os.PathLike[str]) -> None:
 
 
 def grid(seeds: Sequence[int], n_trains: Sequence[int] = N_TRAIN, lrs: Sequence[float] = LRS,
-         models: Sequence[str] = tuple(MODELS), scale: float = 1.0) -> list[Config]:
-    return [make_config(m, n, lr, seeds, scale) for m in models for n in n_trains for lr in lrs]
+         models: Sequence[str] = tuple(MODELS), scale: float = 1.0,
+         points: int = POINTS) -> list[Config]:
+    return [make_config(m, n, lr, seeds, scale, points)
+            for m in models for n in n_trains for lr in lrs]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_wilson_interval_known_value(study):
 
 def test_short_study(study, tmp_path):
     """2 seeds x {64-10, 64-32-10} on 100 digits at lr 0.5: what the full study measures."""
-    configs = study.grid(seeds=(0, 1), n_trains=(100,), lrs=(0.5,))
+    configs = study.grid(seeds=(0, 1), n_trains=(100,), lrs=(0.5,), points=100)
     runs = study.run_grid(configs, procs=1, verbose=False)
     assert len(runs) == 4
     for run in runs:  # each run overfits: test-loss minimum well before the end, rising after
