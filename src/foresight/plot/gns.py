@@ -1,4 +1,10 @@
-"""Figure of the gradient noise scale over training (:mod:`foresight.gns`)."""
+"""Figure of the gradient noise scale over training (:mod:`foresight.gns`).
+
+Only resolved estimates are drawn as batch sizes: an estimate whose :math:`|G|^2` is not resolved
+from zero (``resolved`` false, see :func:`foresight.gns.estimators.resolve`) is drawn as its lower
+bound (an upward triangle) when it has one and left out otherwise; a plain number that is not
+positive is left out. The figure never shows a negative batch size.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,36 @@ from typing import Any
 
 from foresight._optional import require
 
-__all__ = ["noise_scale_over_training"]
+__all__ = ["noise_scale_over_training", "split_resolved"]
 
 
 def _value(est: Any, field: str) -> float:
     if isinstance(est, (int, float)):
         return float(est) if field == "b_simple" else math.nan
     return float(getattr(est, field, math.nan))
+
+
+def split_resolved(estimates: Sequence[Any]) -> tuple[list[float], list[float], list[float]]:
+    """``(values, errors, lower_bounds)``: per estimate, the resolved positive ``b_simple`` (else
+    ``nan``), its standard error (else ``nan``) and, for an unresolved one, its positive lower
+    bound (else ``nan``).
+
+    >>> from foresight.gns import NoiseScale
+    >>> ests = [NoiseScale.from_parts(1.0, 40.0, 8), -5.0,
+    ...         NoiseScale.from_parts(0.0, 40.0, 8, grad_sq_norm_se=0.25)]
+    >>> split_resolved(ests)
+    ([40.0, nan, nan], [nan, nan, nan], [nan, nan, 80.0])
+    """
+    values, errors, lower = [], [], []
+    for est in estimates:
+        b = _value(est, "b_simple")
+        ok = getattr(est, "resolved", True) is not False and math.isfinite(b) and b > 0
+        values.append(b if ok else math.nan)
+        se = _value(est, "b_simple_se")
+        errors.append(se if ok and math.isfinite(se) else math.nan)
+        lo = _value(est, "b_simple_lower")
+        lower.append(lo if not ok and math.isfinite(lo) and lo > 0 else math.nan)
+    return values, errors, lower
 
 
 def noise_scale_over_training(
@@ -26,8 +55,12 @@ def noise_scale_over_training(
     title: str | None = "Gradient noise scale",
 ):
     """:math:`B_\\text{simple}` against the training step, with the batch size used and the
-    suggested batch size (the last finite positive estimate, see
+    suggested batch size (the last resolved estimate, see
     :func:`foresight.gns.suggested_batch_size`).
+
+    Resolved estimates are a line with a band of :math:`\\pm 1` standard error where it is known;
+    unresolved ones are drawn as their lower bound (triangles) or not at all (the legend counts
+    them). Nothing negative is drawn.
 
     Args:
         steps: the step of each estimate.
@@ -49,28 +82,43 @@ def noise_scale_over_training(
     """
     plt = require("matplotlib.pyplot", "foresight.plot.gns")
     steps = list(steps)
-    values = [_value(e, "b_simple") for e in estimates]
-    if len(steps) != len(values):
+    estimates = list(estimates)
+    if len(steps) != len(estimates):
         raise ValueError(
-            f"noise_scale_over_training: {len(steps)} steps but {len(values)} estimates"
+            f"noise_scale_over_training: {len(steps)} steps but {len(estimates)} estimates"
         )
+    values, errors, lower = split_resolved(estimates)
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     else:
         fig = ax.figure
-    ax.plot(steps, values, color="tab:purple", lw=2, label=r"$B_\mathrm{simple}$")
+    ax.plot(steps, values, color="tab:purple", lw=2, label=r"$B_\mathrm{simple}$ (resolved)")
+    band = [
+        (s, max(v - e, v * 0.05), v + e)
+        for s, v, e in zip(steps, values, errors)
+        if math.isfinite(v) and math.isfinite(e)
+    ]
+    if band:
+        xs, lo, hi = zip(*band)
+        ax.fill_between(xs, lo, hi, color="tab:purple", alpha=0.2, lw=0, label="± 1 s.e.")
+    n_unresolved = sum(1 for v in values if not math.isfinite(v))
+    if any(math.isfinite(v) for v in lower):
+        ax.plot(steps, lower, ls="none", marker="^", ms=4, color="tab:orange",
+                label="unresolved: lower bound")
     batch = [_value(e, "batch_size") for e in estimates]
     if any(math.isfinite(b) and b > 0 for b in batch):
         ax.plot(steps, batch, color="tab:gray", ls=":", label="batch size used")
-    good = [v for v in values if math.isfinite(v) and v > 0]
+    good = [v for v in values if math.isfinite(v)]
     if good:
         suggested = max(multiple_of, round(good[-1] / multiple_of) * multiple_of)
         ax.axhline(suggested, color="tab:green", ls="--", label=f"suggested batch size {suggested}")
-    if values and all(math.isfinite(v) and v > 0 for v in values):
+    if good or any(math.isfinite(v) for v in lower):
         ax.set_yscale("log")
+    if n_unresolved:
+        ax.plot([], [], ls="none", label=f"{n_unresolved} of {len(values)} estimates unresolved")
     ax.set_xlabel("step")
     ax.set_ylabel("noise scale (examples)")
     if title:
         ax.set_title(title)
-    ax.legend(loc="best")
+    ax.legend(loc="best", fontsize="small")
     return fig
