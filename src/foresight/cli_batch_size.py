@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -144,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
         raise _user_error("--target-loss is required (the data factory gives no target_loss)")
     from foresight.gns import critical_batch_size, critical_batch_size_branched
 
-    print(f"task: {task.name}", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the notes are printed with the table
         try:
@@ -162,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         branched = None
         if args.branched:
             branched = _branched(result, task, args, critical_batch_size_branched)
+    print(f"task: {task.name}")
     print(result)
     if branched is not None:
         print()

@@ -569,8 +569,9 @@ def critical_batch_size(
     batches ``sample(B, generator)`` -- all learning rates see the same batches -- until the loss
     on ``eval_data`` is at most ``target_loss``. The runs advance in lockstep, so the first
     learning rate to get there ends the others (``"stopped"``): no run trains longer than the
-    winner. :math:`S` is the winner's crossing step (with ``repeats`` > 1: the median over repeats,
-    and a learning rate wins once more than half of its repeats got there) and :math:`E = BS`. The
+    winner. :math:`S` is the winner's crossing step (with ``repeats`` > 1: the median over
+    repeats -- the upper median for an even number --, and a learning rate wins once more than
+    half of its repeats got there) and :math:`E = BS`. The
     front is then fitted by :func:`fit_front` and bootstrapped.
 
     Alongside, a :class:`~foresight.gns.GradientNoiseScale` tracker (``beta=gns_beta``) on every
@@ -902,7 +903,7 @@ def _sweep_one(
             status = "max_steps" if any(r.status == "running" for r in mine) else "diverged"
         trials.append(dict(
             batch_size=b, lr=lr, status=status,
-            steps=int(statistics.median(crossed)) if lr == winner else step,
+            steps=sorted(crossed)[repeats // 2] if lr == winner else step,
         ))
     row: dict[str, Any] = dict(
         batch_size=b, lr=math.nan, steps=None, examples=None, reached=False,
@@ -920,8 +921,8 @@ def _sweep_one(
     if winner is not None:
         mine = sorted((r for r in runs if r.lr == winner and r.crossed is not None),
                       key=lambda r: r.crossed)
-        steps = statistics.median([r.crossed for r in mine])
-        kept = mine[(len(mine) - 1) // 2]  # the median run
+        kept = mine[repeats // 2]  # the median run (the upper one for even repeats)
+        steps = kept.crossed
         row.update(lr=winner, steps=steps, examples=steps * b, reached=True, status="reached")
         if len(lrs) > 1:
             row["lr_edge"] = ("largest" if winner == lrs[-1]
