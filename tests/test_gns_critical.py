@@ -117,7 +117,7 @@ def test_sweep_equals_independent_reference_runs():
 def test_linear_regression_b_crit_against_the_closed_form_noise_scale():
     # measured over seeds 0-199 of this task (SGD, best of 10 learning rates up to 2/lambda_max,
     # batch sizes 16-1024): B_crit / B_noise(target) median 0.41, 5-95 % 0.19-0.78, 1-99 %
-    # 0.10-1.18; seed 0: 0.31
+    # 0.11-1.35 (range 0.09-2.0); seed 0: 0.31
     task = linear_regression(seed=0)
     closed = task.extra["closed_forms"]
     res = critical_batch_size(task.model_fn, task.loss_fn, task.sample,
@@ -126,7 +126,7 @@ def test_linear_regression_b_crit_against_the_closed_form_noise_scale():
                               track_noise=False, measure_at_target=closed, seed=0)
     assert all(r["reached"] for r in res.runs)
     b_noise = statistics.median(r["b_noise_closed"] for r in res.runs)
-    assert 0.10 < res.b_crit / b_noise < 1.2
+    assert 0.11 < res.b_crit / b_noise < 1.35
     lo, hi = res.interval
     assert lo < res.b_crit < hi
     # the fresh batch at each crossing measures the closed-form parts there (within 3 s.e.)

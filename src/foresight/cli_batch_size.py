@@ -192,7 +192,8 @@ def _branched(result: Any, task: Any, args: argparse.Namespace, fn: Any) -> Any:
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k * ref["batch_size"] <= 4 * max(
         r["batch_size"] for r in result.runs)]
     window = max(ks[-1], steps // 4)
-    checkpoints = sorted({0, steps // 8, steps // 4, steps // 2, (3 * steps) // 4})
+    checkpoints = sorted({max(1, steps // 16), steps // 8, steps // 4, steps // 2,
+                          (3 * steps) // 4})
     try:
         return fn(
             task.model_fn, task.loss_fn, task.sample, batch_size=ref["batch_size"], lr=ref["lr"],

@@ -746,6 +746,8 @@ def critical_batch_size(
             "still holds the start of training"
         )
     tracker_pool = _pool([r.get("_tracker") for r in long_runs])
+    for msg in dict.fromkeys(r.pop("_note") for r in rows if "_note" in r):
+        notes.append(msg)
     batch_pool = _pool([r.pop("_batch", None) for r in reached])
     for r in rows:
         r.pop("_tracker", None)
@@ -976,14 +978,23 @@ def _at_target(run: _Run, loss_fn, sample, b, seed, want_b_noise, noise_batch_si
                          _batch=est)
         if want_b_noise:
             probe_gen = torch.Generator().manual_seed(seed)
-            value = b_noise(run.model, loss_fn, x, y, probes=min(64, noise_batch_size),
-                            generator=probe_gen)
+            try:
+                value = b_noise(run.model, loss_fn, x, y, probes=min(64, noise_batch_size),
+                                generator=probe_gen)
+            except (RuntimeError, ValueError) as exc:  # e.g. an op without a double backward
+                run.extra["_note"] = f"B_noise could not be measured: {_short(exc)}"
+                value = math.nan
             run.extra["b_noise"] = float(value) if value > 0 else math.nan
     if measure_at_target is not None:
         values = measure_at_target(run.model)
         if not isinstance(values, Mapping):
             raise ValueError("measure_at_target(model) must return a mapping {name: value}")
         run.extra.update({str(k): v for k, v in values.items()})
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: " + (text if len(text) <= 160 else text[:157] + "...")
 
 
 def _mix(*values: int) -> int:

@@ -112,7 +112,7 @@ def generated_text(n_sentences: int = 4000, seed: int = 0) -> str:
     is partly predictable from the grammar and partly random).
 
     >>> generated_text(3, seed=1)[:40]
-    'the fox likes the door on the hill. the '
+    'the cat likes the door in the park. my f'
     """
     g = torch.Generator().manual_seed(seed)
 
@@ -147,7 +147,11 @@ class _Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         shape = (b, t, self.heads, d // self.heads)
         q, k, v = (z.reshape(shape).transpose(1, 2) for z in (q, k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # written out (not scaled_dot_product_attention) so that B_noise's Hessian-vector
+        # products can differentiate it twice on the CPU
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        att = scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
@@ -175,7 +179,7 @@ def sequence_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def char_transformer(seed: int = 0, *, context: int = 32, dim: int = 32,
-                     target_loss: float = 1.2, n_eval: int = 256) -> Task:
+                     target_loss: float = 0.4, n_eval: int = 256) -> Task:
     """Next-character prediction on :func:`generated_text` with a one-block transformer, Adam.
 
     Training windows of ``context`` characters are cut at random from the first 90 % of the
@@ -207,8 +211,8 @@ def char_transformer(seed: int = 0, *, context: int = 32, dim: int = 32,
         sample=sample,
         eval_data=(x_eval, y_eval),
         target_loss=target_loss,
-        batch_sizes=[2, 4, 8, 16, 32, 64, 128],
-        lrs=_geometric(0.032, 8),
+        batch_sizes=[4, 8, 16, 32, 64, 128],
+        lrs=_geometric(0.032, 5, ratio=2.0),
         optimizer="adam",
         extra=dict(text=text, chars=chars),
     )

@@ -27,6 +27,9 @@ def _plain_ticks(ax: Any) -> None:
     ticker = require("matplotlib.ticker", "foresight.plot.critical")
     fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     for axis in (ax.xaxis, ax.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) < 1e3 else (1.0,)
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
         axis.set_major_formatter(fmt)
         axis.set_minor_formatter(ticker.NullFormatter())
 
@@ -82,9 +85,9 @@ def steps_vs_examples(result: Any, ax: Any = None, *, title: str | None = None):
         ax.annotate(f"$S_{{min}}$ = {s_min:.3g}", (1.0, s_min), xycoords=("axes fraction", "data"),
                     xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom",
                     fontsize=8, color="tab:gray")
-        ax.annotate(f"$E_{{min}}$ = {e_min:.3g}", (e_min, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -4), textcoords="offset points", ha="left", va="top", rotation=90,
-                    fontsize=8, color="tab:gray")
+        ax.annotate(f"$E_{{min}}$ = {e_min:.3g}", (e_min, 0.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, 4), textcoords="offset points", ha="left", va="bottom",
+                    rotation=90, fontsize=8, color="tab:gray")
         lo_b, hi_b = result.interval
         text = f"$B_{{crit}}$ = {b_crit:.3g}"
         if math.isfinite(lo_b):
@@ -96,12 +99,13 @@ def steps_vs_examples(result: Any, ax: Any = None, *, title: str | None = None):
                 label=f"not reached: B = {', '.join(str(r['batch_size']) for r in missed)}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _plain_ticks(ax)
     ax.set_xlabel("examples to the target")
     ax.set_ylabel("steps to the target")
     ax.set_title(title if title is not None else f"Steps vs examples to loss "
                  f"{result.target_loss:.3g}")
     ax.legend(loc="upper right", fontsize=8)
+    ax.autoscale_view()
+    _plain_ticks(ax)
     return fig
 
 
@@ -142,7 +146,8 @@ def noise_scale_and_b_crit(result: Any, branched: Any = None, ax: Any = None, *,
             top = hi if math.isfinite(hi) else result.b_crit * 100
             ax.axhspan(max(lo, 1e-12), top, color="tab:red", alpha=0.12, lw=0)
     if branched is not None:
-        pts = [r for r in branched.checkpoints if math.isfinite(r["b_crit"])]
+        # examples = 0 (a checkpoint at step 0) has no place on the log axis
+        pts = [r for r in branched.checkpoints if math.isfinite(r["b_crit"]) and r["examples"] > 0]
         if pts:
             ax.plot([r["examples"] for r in pts], [r["b_crit"] for r in pts], "s", color="k",
                     ms=6, mfc="none", mew=1.5, label="$B_{crit}$, branched (Merrill et al.)")
@@ -150,7 +155,7 @@ def noise_scale_and_b_crit(result: Any, branched: Any = None, ax: Any = None, *,
             if bound:
                 ax.plot([r["examples"] for r in bound], [r["b_crit"] for r in bound], "^",
                         color="k", ms=7, label="branched: largest k accepted (lower bound)")
-        ref = [r for r in branched.checkpoints if r["b_simple"] > 0]
+        ref = [r for r in branched.checkpoints if r["b_simple"] > 0 and r["examples"] > 0]
         if ref:
             ax.plot([r["examples"] for r in ref], [r["b_simple"] for r in ref], "D", color="k",
                     ms=4, label=f"$B_{{simple}}$, reference run (B={branched.batch_size})")
