@@ -41,7 +41,7 @@ from foresight.gns.tasks import Task, char_transformer, digits_mlp
 
 
 def measure(task: Task, *, seed: int, quick: bool) -> Any:
-    batch_sizes = task.batch_sizes[::2] + task.batch_sizes[-1:] if quick else task.batch_sizes
+    batch_sizes = task.batch_sizes[1::2] if quick else task.batch_sizes
     lrs = task.lrs[::2] if quick and len(task.lrs) > 6 else task.lrs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the notes are printed with the table
@@ -49,7 +49,7 @@ def measure(task: Task, *, seed: int, quick: bool) -> Any:
             task.model_fn, task.loss_fn, task.sample, batch_sizes=sorted(set(batch_sizes)),
             target_loss=task.target_loss, eval_data=task.eval_data, lrs=lrs,
             optimizer=task.optimizer, seed=seed, progress=not quick, b_noise=True,
-            noise_batch_size=512,
+            noise_batch_size=256 if quick else 512,
         )
 
 

@@ -95,6 +95,7 @@ def reference_sweep(task, batch_sizes, lrs, seed, max_steps):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:critical_batch_size")
 def test_sweep_equals_independent_reference_runs():
     task = linear_regression(seed=3)
     bs, lrs = [16, 64, 256], [0.25, 0.5, 1.0, 2.0, 4.0]  # 4.0 diverges
@@ -175,6 +176,7 @@ def test_unreached_runs_are_reported_and_the_rng_is_left_alone():
     assert list(res.to_dataframe()["batch_size"]) == [1, 4, 16, 64]
 
 
+@pytest.mark.filterwarnings("ignore:critical_batch_size")
 def test_learning_rate_at_the_edge_of_the_grid_is_noted():
     model_fn, sample, eval_data = tiny_task()
     with pytest.warns(UserWarning, match="largest tried"):
@@ -236,6 +238,7 @@ def _drifting():
     return model_fn
 
 
+@pytest.mark.filterwarnings("ignore:critical_batch_size")
 def test_repeats_take_the_median_and_adam_runs():
     model_fn, sample, eval_data = tiny_task()
     with pytest.warns(UserWarning, match="no interval"):

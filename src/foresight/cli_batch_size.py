@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data = dict(sweep=result.to_dict(), branched=branched.to_dict() if branched else None)
         with open(args.json, "w") as f:
-            json.dump(data, f, indent=1, default=str)
+            json.dump(_finite(data), f, indent=1, default=str)
         written.append(args.json)
     if written:
         print(f"\nwrote {', '.join(written)}")
@@ -203,6 +203,17 @@ def _branched(result: Any, task: Any, args: argparse.Namespace, fn: Any) -> Any:
         )
     except ValueError as exc:
         raise _user_error(_one_line(exc)) from None
+
+
+def _finite(value: Any) -> Any:
+    """``nan``/``inf`` -> ``None`` (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -467,6 +467,12 @@ def _evaluator(eval_data: Any, loss_fn: Callable) -> Callable[[nn.Module], float
     return evaluate
 
 
+def _fork_rng():
+    """Keep the caller's random state: the CPU generator and every initialised CUDA device's."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
+
+
 class _Fresh:
     """Calls ``model_fn`` under a fixed seed and checks that every model is the same fresh copy."""
 
@@ -477,7 +483,7 @@ class _Fresh:
         self.seen: list[nn.Module] = []
 
     def __call__(self) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
+        with _fork_rng():
             torch.manual_seed(self.seed)
             model = self.model_fn()
         if not isinstance(model, nn.Module):
@@ -670,7 +676,7 @@ def critical_batch_size(
     evaluate = _evaluator(eval_data, loss_fn)
     fresh = _Fresh(model_fn, seed)
 
-    with torch.random.fork_rng(devices=[]):
+    with _fork_rng():
         torch.manual_seed(seed)
         first = fresh()
         initial = evaluate(first)
@@ -1090,7 +1096,7 @@ def critical_batch_size_branched(
     fresh = _Fresh(model_fn, seed)
     from foresight.gns.tracker import GradientNoiseScale
 
-    with torch.random.fork_rng(devices=[]):
+    with _fork_rng():
         torch.manual_seed(seed)
         model = fresh()
         model.train()
