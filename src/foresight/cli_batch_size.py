@@ -73,6 +73,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-figure", action="store_true", help="write no figure")
     p.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int,
+                   help="torch threads (default: 1 for the bundled task, whose models are tiny; "
+                   "torch's default otherwise)")
     p.set_defaults(func=run)
 
 
@@ -123,6 +126,21 @@ def _load_task(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command (the ``func`` of the parsed arguments)."""
+    import torch
+
+    if args.threads is not None and args.threads < 1:
+        raise _user_error(f"--threads must be at least 1, got {args.threads}")
+    threads = torch.get_num_threads()
+    want = args.threads if args.threads is not None else (1 if args.model is None else None)
+    if want is not None:
+        torch.set_num_threads(want)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise _user_error(f"--max-steps must be at least 1, got {args.max_steps}")
     if args.repeats < 1:

@@ -212,7 +212,7 @@ def char_transformer(seed: int = 0, *, context: int = 32, dim: int = 32,
         eval_data=(x_eval, y_eval),
         target_loss=target_loss,
         batch_sizes=[4, 8, 16, 32, 64, 128],
-        lrs=_geometric(0.032, 5, ratio=2.0),
+        lrs=_geometric(0.128, 6, ratio=2.0),
         optimizer="adam",
         extra=dict(text=text, chars=chars),
     )

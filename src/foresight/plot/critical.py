@@ -82,10 +82,10 @@ def steps_vs_examples(result: Any, ax: Any = None, *, title: str | None = None):
                 color="tab:orange", lw=2, label="fit: $(S/S_{min}-1)(E/E_{min}-1)=1$")
         ax.axhline(s_min, color="tab:gray", ls=":", lw=1)
         ax.axvline(e_min, color="tab:gray", ls=":", lw=1)
-        ax.annotate(f"$S_{{min}}$ = {s_min:.3g}", (1.0, s_min), xycoords=("axes fraction", "data"),
+        ax.annotate(f"$S_{{min}}$ = {s_min:.4g}", (1.0, s_min), xycoords=("axes fraction", "data"),
                     xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom",
                     fontsize=8, color="tab:gray")
-        ax.annotate(f"$E_{{min}}$ = {e_min:.3g}", (e_min, 0.0), xycoords=("data", "axes fraction"),
+        ax.annotate(f"$E_{{min}}$ = {e_min:.4g}", (e_min, 0.0), xycoords=("data", "axes fraction"),
                     xytext=(3, 4), textcoords="offset points", ha="left", va="bottom",
                     rotation=90, fontsize=8, color="tab:gray")
         lo_b, hi_b = result.interval
@@ -166,6 +166,8 @@ def noise_scale_and_b_crit(result: Any, branched: Any = None, ax: Any = None, *,
     if title:
         ax.set_title(title)
     ax.legend(loc="best", fontsize=7)
+    ax.autoscale_view()
+    _plain_ticks(ax)
     return fig
 
 
