@@ -866,7 +866,7 @@ def _sweep_one(
                     )
                 batches.append(batch)
             for run in runs:
-                if run.alive:
+                if run.alive and run.crossed is None:  # a run stops where it crossed
                     _train_step(run, loss_fn, batches[run.repeat])
             if step % eval_every and step != max_steps:
                 continue
