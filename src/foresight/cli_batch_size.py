@@ -1,7 +1,7 @@
 """``foresight batch-size``: measure the critical batch size and the noise scale that predicts it.
 
 By default it runs :func:`foresight.gns.critical_batch_size` on the bundled digits task
-(:func:`foresight.gns.tasks.digits_mlp`, about a minute on two cores); with ``MODULE:FACTORY``
+(:func:`foresight.gns.tasks.digits_mlp`, about 20 s on two cores); with ``MODULE:FACTORY``
 and ``--data MODULE:FACTORY`` on your own model and data. It prints the table, writes a figure
 (steps against examples with the fitted front and :math:`B_\\text{crit}`; :math:`B_\\text{simple}`
 over training with :math:`B_\\text{crit}` beside it) and, with ``--json``, the whole result.
