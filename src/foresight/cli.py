@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table",
                         help="output format (default: table)")
     report.set_defaults(func=run_report)
-    from foresight.cli_batch_size import add_parser as add_batch_size  # noqa: PLC0415
+    from foresight.cli_batch_size import add_parser as add_batch_size
 
     add_batch_size(sub)
     return parser
