@@ -39,11 +39,15 @@ class SimpleBar:
         self.min_interval = min_interval
         self.postfix = ""
         self._last = -float("inf")
+        self._n = 0
+        self._started = False
 
     def set_postfix(self, values: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Show ``key=value`` pairs after the bar (same call as tqdm's)."""
         items = {**(values or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={_fmt(v)}" for k, v in items.items())
+        if self._started:
+            self._draw(self._n)  # redraw (rate-limited), as tqdm does
 
     def _draw(self, n: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -63,10 +67,12 @@ class SimpleBar:
 
     def __iter__(self) -> Iterator[Any]:
         n = 0
+        self._started = True
         self._draw(0, force=True)
         for item in self.iterable:
             yield item
             n += 1
+            self._n = n
             self._draw(n)
         self._draw(n, force=True)
         self.file.write("\n")

@@ -689,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--verbose", "-v", action="store_true",
                         help="list every layer left out of EI, with the reason")
     report.set_defaults(func=run_report)
+    from foresight.cli_batch_size import add_parser as add_batch_size
+
+    add_batch_size(sub)
     return parser
 
 

@@ -49,6 +49,16 @@ averaged separately with an exponential moving average with bias correction,
 negative raw estimates are kept (clipping them would bias the average), steps with a non-finite
 value (e.g. a loss-scaler overflow) are skipped. The totals add the groups estimated at the latest
 measured step (a layer frozen since then drops out of them).
+
+Standard errors: the per-step variance :math:`s^2` of the raw estimates (and their covariance)
+is tracked with the same exponential weights (:func:`~foresight.gns.estimators.moments_update`),
+and the smoothed value's standard error is :math:`\\hat s\\,(\\sum_i w_i^2)^{1/2}` with
+:math:`w_i` the EMA weights (:func:`~foresight.gns.estimators.moments_se`). The raw estimates in
+the window are treated as independent around one mean, so a trend inside the window makes the
+standard error larger, not smaller. With one smoothed step, or ``beta=0``, there is no standard
+error and the estimate is *unresolved*; so is every estimate whose :math:`|G|^2` is not two
+standard errors above zero: ``b_simple`` is then ``nan``, ``reason`` says why and
+``b_simple_lower`` holds a lower bound when one exists.
 """
 
 from __future__ import annotations
@@ -62,7 +72,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foresight.gns.estimators import NoiseScale, _unbiased, layer_name, ratio
+from foresight.gns.estimators import (
+    NoiseScale,
+    _unbiased,
+    layer_entry,
+    layer_name,
+    moments_new,
+    moments_se,
+    moments_update,
+    ratio,
+)
 from foresight.gns.per_example import check_reduction, suspend_trackers, trackers_suspended
 from foresight.layers.capture import Capture
 from foresight.layers.discover import DiscoveryError, batch_inputs, discover, signature
@@ -167,6 +186,8 @@ class GradientNoiseScale:
         self.steps = 0
         self.skipped = 0
         self._ema = {g: [0.0, 0.0, 0] for g in self.group_names}  # |G|^2, tr(Sigma), updates
+        self._moments = {g: moments_new() for g in self.group_names}  # spread of the raw values
+        self._moments_total = moments_new()
         self._last_groups: list[str] = []
         self._last_batch = 0
         self.last_raw: NoiseScale | None = None
@@ -193,6 +214,7 @@ class GradientNoiseScale:
                 self.group_names.append(g)
                 if hasattr(self, "_ema"):
                     self._ema.setdefault(g, [0.0, 0.0, 0])
+                    self._moments.setdefault(g, moments_new())
 
     def _install(self) -> None:
         root = self.module
@@ -368,6 +390,11 @@ class GradientNoiseScale:
                     ema[0] = self.beta * ema[0] + (1 - self.beta) * lay["grad_sq_norm"]
                     ema[1] = self.beta * ema[1] + (1 - self.beta) * lay["trace_sigma"]
                     ema[2] += 1
+                    moments_update(
+                        self._moments.setdefault(lay["name"], moments_new()),
+                        lay["grad_sq_norm"], lay["trace_sigma"], self.beta,
+                    )
+                moments_update(self._moments_total, raw.grad_sq_norm, raw.trace_sigma, self.beta)
             else:
                 self.skipped += 1
         else:
@@ -559,7 +586,8 @@ class GradientNoiseScale:
     def estimate(self, batch_size: int = 0) -> NoiseScale:
         """The current smoothed estimate: bias-corrected EMAs
         :math:`m_n / (1 - \\beta^n)` of each group's parts, summed over the groups estimated at
-        the latest measured step (``nan`` before the first step)."""
+        the latest measured step (``nan`` before the first step). Standard errors as in the
+        module documentation; ``b_simple`` is ``nan`` unless :math:`|G|^2` is resolved."""
         layers, g_total, tr_total = [], 0.0, 0.0
         for gname in self._last_groups:
             m_g, m_tr, n = self._ema[gname]
@@ -569,10 +597,15 @@ class GradientNoiseScale:
             g2, tr = m_g / corr, m_tr / corr
             g_total += g2
             tr_total += tr
-            layers.append(dict(name=gname, b_simple=ratio(tr, g2), trace_sigma=tr, grad_sq_norm=g2))
+            se = moments_se(self._moments[gname], self.beta, n)
+            layers.append(layer_entry(gname, g2, tr, *se, require_se=True))
         if not layers:
             g_total = tr_total = math.nan
-        return NoiseScale.from_parts(g_total, tr_total, batch_size, layers)
+        g_se, tr_se, cov = moments_se(self._moments_total, self.beta, self.steps)
+        return NoiseScale.from_parts(
+            g_total, tr_total, batch_size, layers,
+            grad_sq_norm_se=g_se, trace_sigma_se=tr_se, covariance=cov, require_se=True,
+        )
 
     # ------------------------------------------------------------------ state / lifetime
 
@@ -584,6 +617,9 @@ class GradientNoiseScale:
             "skipped": self.skipped,
             "ema": {g: list(v) for g, v in self._ema.items()},  # [m_G, m_Sigma, n_updates]
             "last_groups": list(self._last_groups),
+            # exponentially weighted spread of the raw estimates (see moments_update)
+            "moments": {g: list(v) for g, v in self._moments.items()},
+            "moments_total": list(self._moments_total),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -597,6 +633,13 @@ class GradientNoiseScale:
         self._ema = {g: [float(a), float(b), int(n)] for g, (a, b, n) in state["ema"].items()}
         self._last_groups = list(state.get("last_groups", [g for g, v in self._ema.items()
                                                            if v[2] > 0]))
+        # states saved before standard errors existed: the spread restarts from here
+        moments = state.get("moments") or {}
+        self._moments = {
+            g: [float(v) for v in moments[g]] if g in moments else moments_new() for g in self._ema
+        }
+        total = state.get("moments_total")
+        self._moments_total = [float(v) for v in total] if total else moments_new()
 
     def close(self) -> None:
         """Remove every hook from the model (hooks on live autograd graphs become no-ops)."""
