@@ -229,7 +229,7 @@ class GradientNoiseScale:
     def _hook_params(self) -> None:
         for _, p in self.module.named_parameters():
             if p.requires_grad and id(p) not in self._param_handles:
-                self._param_handles[id(p)] = p.register_hook(_eager(self._param_hook(p)))
+                self._param_handles[id(p)] = p.register_hook(self._param_hook(p))
 
     def _reset_step(self) -> None:
         self._example_sq: dict[str, float] = {}  # group -> sum over examples of |g_i|^2
@@ -258,12 +258,11 @@ class GradientNoiseScale:
         except DiscoveryError as exc:
             self._plan, self._plan_error = None, str(exc)
 
-    def _per_example_names(self) -> set[str]:
+    def _per_example_names(self, named: dict[str, nn.Parameter]) -> set[str]:
         """Trainable parameters whose per-example norms the current plan can deliver."""
         plan = self._plan
         if plan is None or not self.per_example or plan.coupled:
             return set()
-        named = self._named()
         return {
             n for n in plan.params
             if n in named and named[n].requires_grad and n not in plan.unseen
@@ -285,11 +284,11 @@ class GradientNoiseScale:
         if not self.per_example or self.compiled:
             return
         self._replan(args, kwargs)
-        wanted = self._per_example_names()
+        named = self._named()
+        wanted = self._per_example_names(named)
         if not wanted:
             return
         cap = Capture(self._plan, module, self._fw_batch, wanted)
-        named = self._named()
         self._pe_now = {id(named[n]) for n in wanted}
         cap.__enter__()
         self._active = cap
@@ -407,10 +406,11 @@ class GradientNoiseScale:
         self._pe_now = set()
         self._reset_step()
 
-    def _collect_examples(self, loss_scale: float, b_local: int) -> None:
+    def _collect_examples(self, loss_scale: float, b_local: int, named: dict) -> None:
         """Sum the captured per-example squared norms of the step into ``_example_sq``."""
         alpha = 1.0 / b_local if self.loss_reduction == "mean" else 1.0
-        named = self._named()
+        keys: list[str] = []
+        sums: list[Tensor] = []
         for cap, _ in self._caps:
             norms = cap.finish()
             if cap.errors:
@@ -419,11 +419,14 @@ class GradientNoiseScale:
                 p = named.get(n)
                 if p is None:
                     continue
-                g = self._group_of.get(id(p), layer_name(n))
-                self._example_sq[g] = self._example_sq.get(g, 0.0) + float(
-                    v.double().sum()
-                ) / (alpha**2) / loss_scale**2
+                keys.append(self._group_of.get(id(p), layer_name(n)))
+                sums.append(v.sum(dtype=torch.float64))
                 self._per_example_ids.add(id(p))
+        if not sums:
+            return
+        scale = 1.0 / (alpha**2) / loss_scale**2
+        for g, v in zip(keys, torch.stack(sums).tolist()):  # one device-to-host copy
+            self._example_sq[g] = self._example_sq.get(g, 0.0) + v * scale
 
     def _raw_estimate(self, loss_scale: float) -> NoiseScale | None:
         sizes = self._micro_sizes
@@ -444,7 +447,7 @@ class GradientNoiseScale:
                             + "; ".join(self._step_notes) + ". The model is planned again.")
             return None
         try:
-            self._collect_examples(loss_scale, b_local)
+            self._collect_examples(loss_scale, b_local, named)
         except _CaptureFailed as exc:
             self._coverage = {n: f"excluded: per-example capture failed ({exc})"
                               for n in trainable}
@@ -492,11 +495,13 @@ class GradientNoiseScale:
         self._coverage = cover
         # global mean gradient per (group, kind), from .grad
         big: dict[tuple[str, str], float] = {}
-        for p in trainable.values():
-            if id(p) not in kind_of:
-                continue
+        measured = [p for p in trainable.values() if id(p) in kind_of]
+        with_grad = [p for p in measured if p.grad is not None]
+        for p in measured:
+            big.setdefault((self._group_of[id(p)], kind_of[id(p)]), 0.0)
+        for p, v in zip(with_grad, _sq_norms([p.grad for p in with_grad])):
             key = (self._group_of[id(p)], kind_of[id(p)])
-            big[key] = big.get(key, 0.0) + (float(_sq(p.grad)) if p.grad is not None else 0.0)
+            big[key] += v
         gscale = (world / (alpha * b_big)) ** 2 / s2
         small: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (|G_small|^2, b_small)
         harmonic = n_micro / sum(1.0 / b for b in sizes)
@@ -665,6 +670,17 @@ class GradientNoiseScale:
 
 class _CaptureFailed(RuntimeError):
     pass
+
+
+def _sq_norms(tensors: list[Tensor]) -> list[float]:
+    """Squared norms (float64 values) of many tensors, with one device-to-host copy."""
+    if not tensors:
+        return []
+    same = all(t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors)
+    if same and tensors[0].dtype in (torch.float32, torch.float64):
+        norms = torch._foreach_norm([t.detach() for t in tensors])
+        return (torch.stack(norms).double() ** 2).tolist()
+    return [float(_sq(t)) for t in tensors]
 
 
 def _sq(t: Tensor) -> Tensor:
