@@ -37,7 +37,9 @@ def test_tracker_records_match_report_and_leave_training_rng_alone() -> None:
     rep = fc.report(net, bins=8, samples=400, seed=3)
     expected = rep.record()
     assert {k: tracker.history[0][k] for k in expected} == expected
-    assert set(expected) == {f"{p}/{n}" for p in fc.RECORD_KEYS.values() for n in ("0", "2")}
+    prefixes = [*fc.RECORD_KEYS.values(), fc.CONVERGED_KEY]
+    assert set(expected) == {f"{p}/{n}" for p in prefixes for n in ("0", "2")}
+    assert all(isinstance(expected[f"{fc.CONVERGED_KEY}/{n}"], bool) for n in ("0", "2"))
     assert tracker.reports[0][0] == 0 and tracker.history[1]["loss"] == 2.0
 
 

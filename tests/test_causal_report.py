@@ -33,7 +33,8 @@ def net() -> nn.Sequential:
 
 def test_rows_activations_and_chained_ranges() -> None:
     model = net()
-    rep = fc.report(model, bins=16, samples=1500, seed=4)
+    with pytest.warns(RuntimeWarning, match="layer 'fc1'"):  # 16^4 states, 1500 samples
+        rep = fc.report(model, bins=16, samples=1500, seed=4)
     assert [r.name for r in rep.layers] == ["fc1", "fc2", "fc3"]
     assert [r.activation for r in rep.layers] == ["Sigmoid", "Tanh", "identity"]
     assert [(r.n_in, r.n_out) for r in rep.layers] == [(4, 3), (3, 3), (3, 2)]
@@ -47,7 +48,11 @@ def test_rows_activations_and_chained_ranges() -> None:
                               seed=4, activation=acts[row.name])
         assert (row.ei, row.ei_parts, row.sensitivity, row.degeneracy) == (
             m.ei, m.ei_parts, m.sensitivity, m.degeneracy)
-        assert row.samples_ei == row.samples_ei_parts == row.samples_sensitivity == 1500
+        assert row.samples_ei == 1500
+        assert row.samples_ei_parts is None and row.samples_sensitivity is None  # exact
+        assert (row.method_ei_parts, row.method_sensitivity) == ("exact", "exact")
+        assert (row.converged, row.limited_by, row.unconverged) == (
+            m.converged, m.limited_by, m.unconverged)
         assert row.degeneracy == pytest.approx(row.sensitivity - row.ei_parts)
 
 

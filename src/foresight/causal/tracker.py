@@ -25,11 +25,12 @@ class CausalTracker:
     Example:
         >>> import torch
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.Sigmoid())
-        >>> tracker = CausalTracker(net, bins=8, samples=500)
+        >>> tracker = CausalTracker(net, bins=8, samples=20000)
         >>> for epoch in range(3):
         ...     _ = tracker.step(epoch, loss=1.0 / (epoch + 1))
-        >>> sorted(tracker.history[0])
-        ['causal_degeneracy/0', 'causal_ei/0', 'ei_parts/0', 'epoch', 'loss', 'sensitivity/0']
+        >>> sorted(tracker.history[0])  # doctest: +NORMALIZE_WHITESPACE
+        ['causal_converged/0', 'causal_degeneracy/0', 'causal_ei/0', 'ei_parts/0', 'epoch',
+         'loss', 'sensitivity/0']
     """
 
     def __init__(

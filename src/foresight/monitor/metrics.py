@@ -195,7 +195,9 @@ class InformationPlane:
     """Per-layer mutual information I(X;T), I(T;Y) (:func:`foresight.ib.information_plane`).
 
     Measured on the fixed samples ``inputs``, ``labels`` given here (X uniform over them). Records
-    ``i_xt/<layer>`` and ``i_ty/<layer>`` in bits. Extra keyword options go to
+    ``i_xt/<layer>`` and ``i_ty/<layer>`` in bits, and ``i_xt_limited/<layer>`` (a ``bool``: true
+    when I(X;T) is within 1 bit of its ceiling log2 N, see
+    :class:`~foresight.ib.LayerInformation`). Extra keyword options go to
     :func:`foresight.ib.information_plane` (``layers``, ``method``, ``bins``, ...).
     """
 
@@ -215,6 +217,7 @@ class InformationPlane:
             name = _field(row, "name")
             values[f"i_xt/{name}"] = float(_field(row, "i_xt"))
             values[f"i_ty/{name}"] = float(_field(row, "i_ty"))
+            values[f"i_xt_limited/{name}"] = _optional_field(row, "limited_by") is not None
         return values
 
 
@@ -222,7 +225,9 @@ class CausalEI:
     """Perturbational (causal) EI of each weight layer (:func:`foresight.causal.report`).
 
     Records ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>`` and
-    ``causal_degeneracy/<layer>`` in bits. Keyword options go to :func:`foresight.causal.report`
+    ``causal_degeneracy/<layer>`` in bits, and ``causal_converged/<layer>`` (a ``bool``: false
+    when a sampled measure of the layer is limited by the sample count; the causal plane draws
+    such points hollow). Keyword options go to :func:`foresight.causal.report`
     (pass ``samples=`` and ``seed=`` for a fixed cost and reproducible numbers). The Monitor
     restores the random number generators after measuring, so the perturbation noise never changes
     training.
@@ -245,6 +250,7 @@ class CausalEI:
             name = _field(row, "name")
             for src, dst in self._KEYS:
                 values[f"{dst}/{name}"] = float(_field(row, src))
+            values[f"causal_converged/{name}"] = bool(_optional_field(row, "converged", True))
         return values
 
 
@@ -340,6 +346,12 @@ def _field(row: Any, key: str) -> Any:
     if isinstance(row, Mapping):
         return row[key]
     return getattr(row, key)
+
+
+def _optional_field(row: Any, key: str, default: Any = None) -> Any:
+    if isinstance(row, Mapping):
+        return row.get(key, default)
+    return getattr(row, key, default)
 
 
 def is_finite_number(value: Any) -> bool:
