@@ -28,7 +28,7 @@ from foresight.causal.measures import (
     layer_measures,
     sensitivity,
 )
-from foresight.causal.report import CONVERGED_KEY, RECORD_KEYS, CausalReport, CausalRow, report
+from foresight.causal.report import CONVERGED_KEYS, RECORD_KEYS, CausalReport, CausalRow, report
 from foresight.causal.tracker import CausalTracker
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "CausalRow",
     "CausalTracker",
     "CausalValue",
-    "CONVERGED_KEY",
+    "CONVERGED_KEYS",
     "LayerCausal",
     "RECORD_KEYS",
     "affine_map",

@@ -45,12 +45,13 @@ sampled result carries an estimated plug-in ``bias`` (bits):
   (:math:`K`: occupied cells, rows, columns; about :math:`(b-1)^2/(2N\ln 2)` per pair of
   independent-looking neurons);
 * EI: that term for the joint states plus :math:`(N_1/N)\, \hat H(Y)`, where :math:`N_1` samples
-  fell into joint input states seen only once (their conditional entropy is estimated as 0).
+  fell into joint input states seen only once (their conditional entropy is estimated as 0,
+  whatever it is: at most :math:`\hat H(Y)` is missed).
 
 An estimate is **limited by the samples** (``limited_by="samples"``, ``converged=False``, a
-``RuntimeWarning`` naming the layer and what to do) when its bias exceeds the tolerance, or, for
-EI, when its value lies within 1 bit of :math:`\log_2 N` or most sampled input states were seen
-once. The tolerance of a value :math:`v` is
+``RuntimeWarning`` naming the layer and what to do) when its bias exceeds the tolerance, or when
+a value that a plug-in estimate caps at :math:`\log_2 N` (EI; each pair of a pairwise measure)
+lies within 1 bit of :math:`\log_2 N`. The tolerance of a value :math:`v` is
 :math:`\max(\text{ABSOLUTE\_FLOOR}, \min(\text{tolerance}\cdot|v|, \text{atol}))`: relative
 *and* absolute (default 5 % and :data:`ATOL` = 0.5 bits).
 
@@ -342,6 +343,7 @@ class _Estimate:
     value: float
     bias: float
     why: str | None  # a reason the estimate is sample-limited whatever its bias, or None
+    detail: str = ""  # where the bias comes from (said when it exceeds the tolerance)
 
 
 class _Estimator:
@@ -381,10 +383,11 @@ class _JointEI(_Estimator):
         if st.mi > 0 and st.mi > math.log2(n) - 1.0:
             why = (f"its value is within 1 bit of log2({n}) = {math.log2(n):.2f}, the most a "
                    f"plug-in estimate from {n} samples can give")
-        elif st.states_y > 1 and 2 * st.singletons_x > n:
-            why = (f"{st.singletons_x} of {n} samples fell into joint input states seen only "
-                   f"once (of {self.setup.bins}^{self.setup.n_in} possible)")
-        return _Estimate(st.mi, bias, why)
+        detail = ""
+        if st.singletons_x:
+            detail = (f": {st.singletons_x} of {n} samples fell into joint input states seen "
+                      f"only once (of {self.setup.bins}^{self.setup.n_in} possible)")
+        return _Estimate(st.mi, bias, why, detail)
 
     def hopeless(self, est: _Estimate, total: int, options: _Options) -> bool:
         # most input states are new while the state space is larger than the sample cap
@@ -397,16 +400,25 @@ class _Pairwise(_Estimator):
         super().__init__(setup)
         _check_pair_cells(setup)
         self.counts = hist.PairCounts(setup.n_in, setup.n_out, setup.bins, setup.w.device)
+        self.samples = 0
 
     def estimate(self) -> _Estimate:
-        value = float(self.counts.mi().sum())
+        pairs = self.counts.mi()
+        value = float(pairs.sum())
         bias = float(self.counts.miller_madow().abs().sum()) if value > 0 else 0.0
-        return _Estimate(value, bias, None)
+        n = self.samples
+        top = float(pairs.max()) if pairs.numel() else 0.0
+        why = None
+        if top > 0 and top > math.log2(n) - 1.0:
+            why = (f"a pair's value is within 1 bit of log2({n}) = {math.log2(n):.2f}, the most "
+                   f"a plug-in estimate from {n} samples can give")
+        return _Estimate(value, bias, why)
 
 
 class _Parts(_Pairwise):
     def add(self, block: _Block) -> None:
         self.counts.add(block.xi, block.yi)
+        self.samples += block.x.shape[0]
 
 
 class _Sensitivity(_Pairwise):
@@ -423,6 +435,7 @@ class _Sensitivity(_Pairwise):
                 pre = torch.addcmul(b, w_a, x_t[a, i : i + step].view(1, -1))
                 y_idx = s.out_bins(apply_(s.activation, pre))
                 self.counts.add_column(a, xi_t[a, i : i + step], y_idx)
+        self.samples += block.x.shape[0]
 
 
 def _check_pair_cells(setup: _Setup) -> None:
@@ -475,7 +488,7 @@ def _why(est: _Estimate, options: _Options) -> str | None:
         return est.why
     if est.bias > options.allowed(est.value):
         return (f"its estimated plug-in bias, {est.bias:.3g} bits, exceeds the tolerance "
-                f"{options.allowed(est.value):.3g} bits")
+                f"{options.allowed(est.value):.3g} bits{est.detail}")
     return None
 
 

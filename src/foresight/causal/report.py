@@ -43,7 +43,7 @@ from foresight.causal.measures import (
     _setup,
 )
 
-__all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "CONVERGED_KEY", "report", "weight_layers"]
+__all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "CONVERGED_KEYS", "report", "weight_layers"]
 
 #: Row attribute -> key prefix in flat records (``monitor.history``, ``CausalReport.record()``).
 RECORD_KEYS = {
@@ -53,9 +53,14 @@ RECORD_KEYS = {
     "degeneracy": "causal_degeneracy",
 }
 
-#: Key prefix of the per-layer convergence flag in flat records (a ``bool``, so plots of numeric
-#: columns pass over it): ``causal_converged/<layer>``.
-CONVERGED_KEY = "causal_converged"
+#: Measure -> key prefix of its convergence flag in flat records (``bool`` values, so plots of
+#: numeric columns pass over them): ``causal_ei_converged/<layer>``, ... Degeneracy has no flag
+#: of its own: it is converged when EI_parts and sensitivity are.
+CONVERGED_KEYS = {
+    "ei": "causal_ei_converged",
+    "ei_parts": "ei_parts_converged",
+    "sensitivity": "sensitivity_converged",
+}
 
 _NORM_TYPES: tuple[type, ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -111,12 +116,14 @@ class CausalReport(Result):
     def record(self) -> dict[str, float | bool]:
         """Flat ``{key/layer: bits}``, the keys :class:`foresight.monitor.CausalEI` records:
         ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>``,
-        ``causal_degeneracy/<layer>``, and the flag ``causal_converged/<layer>`` (a ``bool``)."""
+        ``causal_degeneracy/<layer>``, and the flags (``bool``) ``causal_ei_converged/<layer>``,
+        ``ei_parts_converged/<layer>``, ``sensitivity_converged/<layer>``."""
         out: dict[str, float | bool] = {}
         for r in self.layers:
             for attr, key in RECORD_KEYS.items():
                 out[f"{key}/{r.name}"] = float(getattr(r, attr))
-            out[f"{CONVERGED_KEY}/{r.name}"] = bool(r.converged)
+            for measure, key in CONVERGED_KEYS.items():
+                out[f"{key}/{r.name}"] = measure not in r.unconverged
         return out
 
     def row(self, name: str) -> CausalRow:

@@ -18,11 +18,12 @@ data first.
 Two exact implementations (the same counts, so the same estimate to rounding of the final mean):
 
 * ``algorithm="tree"`` (CPU tensors, needs scipy): the ``k``-th neighbour distances from a
-  :class:`scipy.spatial.cKDTree` of the joint samples; marginal counts from a sorted array
-  (one-dimensional marginals: two binary searches per sample, the few samples within a rounding
-  error of :math:`\varepsilon_i` checked exactly) or from a tree of the marginal
-  (``query_ball_point`` with radius just below :math:`\varepsilon_i`). Time
-  :math:`O(N \log N)` in low dimension.
+  :class:`scipy.spatial.cKDTree` of the joint samples; marginal counts in one dimension from a
+  sorted array (two binary searches per sample, the few samples within a rounding error of
+  :math:`\varepsilon_i` checked exactly), in two dimensions by orthogonal range counting (a
+  merge sort tree over one coordinate's order, :math:`O(N \log^2 N)` however many neighbours
+  there are), in more from a tree of the marginal (``query_ball_point`` with radius just below
+  :math:`\varepsilon_i`).
 * ``algorithm="brute"``: all pairwise max-norm distances, chunked over rows, on the tensors'
   device (GPU tensors use this). Time :math:`O(N^2 (d_x + d_y))`, memory
   :math:`O(\text{rows} \cdot N)`.
@@ -81,33 +82,94 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return owner, np.repeat(starts, lengths) + offset
 
 
-def count_within_1d(x: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """For each ``i``, the number of ``j != i`` with ``|x_j - x_i| < eps_i`` (exact).
+def _near_ranges(x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted order of ``x`` and, for each ``i``, the index range ``[lo, hi)`` in it of the
+    samples with ``|x_j - x_i| < eps_i`` (exact: contiguous, since ``|x_j - x_i|`` computed in
+    floating point is monotone in ``x_j`` on each side of ``x_i``).
 
-    Two binary searches per sample in the sorted values find the samples surely inside and the
-    few within a rounding error of the boundary, which are compared exactly.
-
-    >>> count_within_1d(np.array([0.0, 0.25, 0.5, 1.0]), np.array([0.5, 0.25, 0.5, 0.5]))
-    array([1, 0, 1, 0])
+    Binary searches with a small margin find the samples surely inside and the few within a
+    rounding error of the boundary, which are compared exactly.
     """
-    xs = np.sort(x)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    n = len(x)
     margin = 4.0 * np.finfo(np.float64).eps * (np.abs(x) + eps) + np.finfo(np.float64).tiny
-    lo_out = np.searchsorted(xs, x - eps - margin, side="left")
-    lo_in = np.searchsorted(xs, x - eps + margin, side="right")
-    hi_in = np.searchsorted(xs, x + eps - margin, side="left")
-    hi_out = np.searchsorted(xs, x + eps + margin, side="right")
+
+    def search(keys: np.ndarray, side: str) -> np.ndarray:
+        out = np.empty(n, dtype=np.int64)  # keys in the sorted order: nearly sorted, fast
+        out[order] = np.searchsorted(xs, keys[order], side=side)
+        return out
+
+    lo_out = search(x - eps - margin, "left")
+    lo_in = search(x - eps + margin, "right")
+    hi_in = search(x + eps - margin, "left")
+    hi_out = search(x + eps + margin, "right")
     inner = hi_in > lo_in
-    sure = np.where(inner, hi_in - lo_in, 0)
-    # ambiguous: [lo_out, lo_in) and [hi_in, hi_out) when there is an inside, else all of it
+    lo = np.where(inner, lo_in, n).astype(np.int64)  # narrowed below by the checked samples
+    hi = np.where(inner, hi_in - 1, -1).astype(np.int64)  # last index inside
     first_stop = np.where(inner, lo_in, hi_out)
     second_start = np.where(inner, hi_in, hi_out)
-    count = sure.astype(np.int64)
     for starts, stops in ((lo_out, first_stop), (second_start, hi_out)):
         owner, idx = _ranges(starts, stops)
         if owner.size:
             hit = np.abs(xs[idx] - x[owner]) < eps[owner]
-            count += np.bincount(owner[hit], minlength=len(x))
-    return count - (eps > 0)  # the sample itself, at distance 0 < eps
+            np.minimum.at(lo, owner[hit], idx[hit])
+            np.maximum.at(hi, owner[hit], idx[hit])
+    empty = hi < lo
+    hi = np.where(empty, lo_out, hi + 1)
+    lo = np.where(empty, lo_out, lo)
+    return order, lo, hi
+
+
+def count_within_1d(x: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """For each ``i``, the number of ``j != i`` with ``|x_j - x_i| < eps_i`` (exact).
+
+    >>> count_within_1d(np.array([0.0, 0.25, 0.5, 1.0]), np.array([0.5, 0.25, 0.5, 0.5]))
+    array([1, 0, 1, 0])
+    """
+    _, lo, hi = _near_ranges(x, eps)
+    return hi - lo - (eps > 0)  # the sample itself, at distance 0 < eps
+
+
+def count_within_2d(v: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    r"""For each ``i``, the number of ``j != i`` with ``max_c |v_jc - v_ic| < eps_i`` (exact).
+
+    Each coordinate's condition is an index range in that coordinate's sorted order; the count
+    of samples in both is an orthogonal range count, answered for all samples at once by a merge
+    sort tree (one level per bit of N: sorted blocks and two binary searches per query), in
+    :math:`O(N \log^2 N)` whatever the number of neighbours (a KD-tree ball query costs their
+    number).
+
+    >>> v = np.array([[0.0, 0.0], [0.1, 0.4], [0.2, 0.1], [1.0, 1.0]])
+    >>> count_within_2d(v, np.array([0.3, 0.5, 0.3, 0.1])).tolist()
+    [1, 2, 1, 0]
+    """
+    n = v.shape[0]
+    order0, lo0, hi0 = _near_ranges(v[:, 0], eps)  # positions in the first coordinate's order
+    order1, lo1, hi1 = _near_ranges(v[:, 1], eps)  # ranks in the second coordinate's order
+    rank1 = np.empty(n, dtype=np.int64)
+    rank1[order1] = np.arange(n)
+    ranks = rank1[order0]  # second-coordinate rank of the sample at each first-order position
+    size = 1 << max(1, (n - 1).bit_length())
+    padded = np.full(size, n, dtype=np.int64)  # padding ranks n never fall in [lo1, hi1)
+    padded[:n] = ranks
+    total = np.zeros(n, dtype=np.int64)
+    # queries in the order of their range ends: the blocks they search then come in order, and
+    # the binary searches stay within a few cache lines of each other
+    ends = [(t, np.argsort(t, kind="stable"), sign) for t, sign in ((hi0, 1), (lo0, -1))]
+    level, width = 0, 1
+    while width <= size:
+        blocks = np.sort(padded.reshape(-1, width), axis=1)
+        flat = (blocks + (np.arange(size // width) * (n + 1))[:, None]).ravel()
+        for t, by_t, sign in ends:  # count in [0, hi0) minus count in [0, lo0)
+            sel = by_t[((t[by_t] >> level) & 1).astype(bool)]
+            if sel.size:
+                base = ((t[sel] >> level) - 1) * (n + 1)
+                found = (np.searchsorted(flat, base + hi1[sel], side="left")
+                         - np.searchsorted(flat, base + lo1[sel], side="left"))
+                total[sel] += sign * found
+        level, width = level + 1, width * 2
+    return total - (eps > 0)
 
 
 def _tree_counts(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +186,8 @@ def _tree_counts(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor
     def count(v: np.ndarray) -> np.ndarray:
         if v.shape[1] == 1:
             return count_within_1d(v[:, 0], eps)
+        if v.shape[1] == 2:
+            return count_within_2d(v, eps)
         marginal = spatial.cKDTree(v, balanced_tree=False, compact_nodes=False)
         inside = marginal.query_ball_point(v, radius, p=np.inf, return_length=True)
         return np.where(eps > 0, inside - 1, 0)  # minus the sample itself

@@ -225,9 +225,10 @@ class CausalEI:
     """Perturbational (causal) EI of each weight layer (:func:`foresight.causal.report`).
 
     Records ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>`` and
-    ``causal_degeneracy/<layer>`` in bits, and ``causal_converged/<layer>`` (a ``bool``: false
-    when a sampled measure of the layer is limited by the sample count; the causal plane draws
-    such points hollow). Keyword options go to :func:`foresight.causal.report`
+    ``causal_degeneracy/<layer>`` in bits, and the flags ``causal_ei_converged/<layer>``,
+    ``ei_parts_converged/<layer>``, ``sensitivity_converged/<layer>`` (``bool``: false when the
+    sampled measure is limited by the sample count; :mod:`foresight.plot.causal` draws such
+    points hollow). Keyword options go to :func:`foresight.causal.report`
     (pass ``samples=`` and ``seed=`` for a fixed cost and reproducible numbers). The Monitor
     restores the random number generators after measuring, so the perturbation noise never changes
     training.
@@ -237,6 +238,8 @@ class CausalEI:
 
     _KEYS = (("ei", "causal_ei"), ("ei_parts", "ei_parts"), ("sensitivity", "sensitivity"),
              ("degeneracy", "causal_degeneracy"))
+    _CONVERGED = (("ei", "causal_ei_converged"), ("ei_parts", "ei_parts_converged"),
+                  ("sensitivity", "sensitivity_converged"))
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -250,7 +253,9 @@ class CausalEI:
             name = _field(row, "name")
             for src, dst in self._KEYS:
                 values[f"{dst}/{name}"] = float(_field(row, src))
-            values[f"causal_converged/{name}"] = bool(_optional_field(row, "converged", True))
+            unconverged = _optional_field(row, "unconverged", ()) or ()
+            for measure, key in self._CONVERGED:
+                values[f"{key}/{name}"] = measure not in unconverged
         return values
 
 
