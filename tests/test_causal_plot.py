@@ -121,3 +121,22 @@ def test_unconverged_points_are_hollow() -> None:
     fig3 = causal_plane(pd.DataFrame(rows))
     assert len([c for c in fig3.axes[0].collections if c.get_array() is None]) == 1
     plt.close("all")
+
+
+def test_monitor_records_carry_the_flags() -> None:
+    from foresight.monitor import CausalEI, InformationPlane, Monitor
+
+    net = tiny_net()
+    x, y = torch.rand(64, 3), torch.randint(0, 2, (64,))
+    mon = Monitor(net, [CausalEI(bins=8, samples=300, seed=0),
+                        InformationPlane(x, y, bins=30, range=(0, 1))], unit="epoch")
+    with pytest.warns(RuntimeWarning):  # 300 samples: EI is sample-limited; I(X;T) saturates
+        record = mon.epoch_end(0)
+    for name in ("0", "2"):
+        assert record[f"causal_ei_converged/{name}"] is False
+        assert record[f"ei_parts_converged/{name}"] is True  # exact
+        assert record[f"sensitivity_converged/{name}"] is True
+    flags = {k: v for k, v in record.items() if k.startswith("i_xt_limited/")}
+    assert flags and all(isinstance(v, bool) for v in flags.values())
+    assert any(flags.values())  # 64 distinct samples, 30 bins per unit: I(X;T) = log2(64)
+    mon.close()

@@ -50,7 +50,7 @@ class CausalTracker:
         self.model = model
         self.when = when if when is not None else log_spaced(dense_until=10, per_decade=10)
         self.key = key
-        self.options = dict(report_options, seed=seed)
+        self.options = {"progress": False, **report_options, "seed": seed}
         self.history: list[dict[str, float]] = []
         self.reports: list[tuple[int, CausalReport]] = []
 

@@ -206,7 +206,7 @@ class InformationPlane:
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, **options: Any) -> None:
         self.inputs = inputs
         self.labels = labels
-        self.options = options
+        self.options = {"progress": False, **options}  # no bar inside a training loop's own
 
     def measure(self, model: nn.Module, context: Context) -> Values:
         from foresight.ib import information_plane
@@ -242,7 +242,7 @@ class CausalEI:
                   ("sensitivity", "sensitivity_converged"))
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        self.options = {"progress": False, **options}  # no bar inside a training loop's own
 
     def measure(self, model: nn.Module, context: Context) -> Values:
         from foresight.causal import report
