@@ -127,6 +127,8 @@ MAX_TERMS = 4096
 MAX_CORNERS_LOG2 = 14
 #: Pair cells (input bin x output bin) evaluated per block, bounding memory.
 BLOCK_CELLS = 1 << 16
+#: The same for the outputs EI_parts evaluates together (its per-block overhead is larger).
+PARTS_BLOCK_CELLS = 1 << 19
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -250,28 +252,46 @@ def sensitivity_pairs(w: Tensor, b: Tensor, in_range: tuple[float, float], p: Te
 
 
 # --------------------------------------------------------------------------- EI_parts
-def _tail_terms(widths: Tensor, period: Tensor) -> Tensor:
-    """Fewest Fourier terms (per row of ``widths [R, K]``) with a provable tail below TAIL.
+def _log_factor_bounds(scale: Tensor, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per factor with :math:`x = \text{scale} \cdot n`: the log of its largest possible
+    :math:`|\operatorname{sinc} x|` on each grid segment ``[..., G-1]``, and at the last grid
+    point its ``log min(1, 1/x)`` and whether it already falls like ``1/n``."""
+    lo = scale.unsqueeze(-1) * grid[:-1]  # x at a segment's start
+    hi = scale.unsqueeze(-1) * grid[1:]
+    gauss = -(lo**2) / 6.0
+    inverse = -torch.log(lo.clamp(min=1e-300))
+    straddle = torch.maximum(gauss, torch.full_like(gauss, -math.log(math.pi)))
+    seg = torch.where(hi <= math.pi, gauss, torch.where(lo >= math.pi, inverse, straddle))
+    x_last = scale * grid[-1]
+    return seg, -torch.log(x_last.clamp(min=1.0)), (x_last > 1).double()
 
-    ``|psi(w_n)| <= prod_k min(1, L / (pi n a_k))``; the tail sum over ``n > N`` of that over
-    ``pi n`` is bounded segment by segment on a geometric grid of ``n``. Returns ``MAX_TERMS + 1``
-    where no ``N <= MAX_TERMS`` suffices.
+
+def _tail_terms(a: Tensor, period: Tensor, bins: int) -> Tensor:
+    r"""Fewest Fourier terms for every (input A, output) of a block, ``[n_in, C]``, with a
+    provable tail below TAIL (``MAX_TERMS + 1`` where no ``N <= MAX_TERMS`` suffices).
+
+    The summands of :math:`Z_A` are the other inputs' uniforms (widths ``a[k]``) and A's own bin
+    (width ``a[A] / b``). Each factor obeys :math:`|\operatorname{sinc} x| \le e^{-x^2/6}` for
+    :math:`|x| \le \pi` (from :math:`\operatorname{sinc} x = \prod_m (1 - x^2/m^2\pi^2)`) and
+    :math:`\le 1/|x|` beyond, with :math:`x = \pi n a / L`. On each segment
+    :math:`(n_s, n_{s+1}]` of a geometric grid the product of the factors' largest values there
+    bounds :math:`|\psi|`, and :math:`\sum 1/(\pi n) \le \ln(n_{s+1}/n_s)/\pi`; beyond the
+    last grid point the factors past their knee fall like :math:`1/n`. The product over the
+    other inputs is the product over all inputs of one output with A's factor divided out.
     """
     top = 4 * math.ceil(math.log2(max(2, MAX_TERMS)))
     grid = torch.unique(torch.round(2.0 ** (torch.arange(0, top + 1) / 4.0))).double()
     grid = grid[grid <= max(2, MAX_TERMS)]
-    safe = widths.clamp(min=1e-300)
-    knee = torch.where(widths > 0, torch.log(period.view(-1, 1) / (math.pi * safe)),
-                       math.inf)  # [R, K]
-    logn = torch.log(grid)  # [G]
-    excess = (logn.view(1, -1, 1) - knee.unsqueeze(1)).clamp(min=0.0)  # [R, G, K]
-    log_beta = -excess.sum(-1)  # [R, G]
-    beta = torch.exp(log_beta)
-    decaying = (excess > 0).sum(-1).double()  # factors already falling like 1/n
-    seg = beta[:, :-1] * (torch.log(grid[1:] / grid[:-1]) / math.pi)  # (n_s, n_{s+1}]
-    final = torch.where(decaying[:, -1] > 0, beta[:, -1] / (math.pi * decaying[:, -1].clamp(min=1)),
-                        torch.full_like(beta[:, -1], math.inf))
-    tail = torch.cat([seg.flip(-1).cumsum(-1).flip(-1), torch.zeros_like(seg[:, :1])], -1)
+    scale = math.pi * a / period  # [K, C]
+    seg_k, last_k, fall_k = _log_factor_bounds(scale, grid)  # [K, C, G-1], [K, C], [K, C]
+    seg_own, last_own, fall_own = _log_factor_bounds(scale / bins, grid)
+    seg = seg_k.sum(0) - seg_k + seg_own  # [A, C, G-1]: the others and A's own bin
+    last = last_k.sum(0) - last_k + last_own
+    falling = fall_k.sum(0) - fall_k + fall_own
+    seg = torch.exp(seg) * (torch.log(grid[1:] / grid[:-1]) / math.pi)
+    final = torch.where(falling > 0.5, torch.exp(last) / (math.pi * falling.clamp(min=1.0)),
+                        torch.full_like(last, math.inf))
+    tail = torch.cat([seg.flip(-1).cumsum(-1).flip(-1), torch.zeros_like(seg[..., :1])], -1)
     tail = tail + final.unsqueeze(-1)  # bound on sum_{n > grid[g]}
     ok = tail <= TAIL
     first = torch.where(ok.any(-1), ok.double().argmax(-1), torch.tensor(-1))
@@ -315,14 +335,15 @@ def _own_widths(a: Tensor, bins: int) -> Tensor:
 
 def _fourier_cdf(a: Tensor, v: Tensor, t: Tensor, period: Tensor, terms: int,
                  bins: int) -> Tensor:
-    """``F_{Z_A}(t_j - m_{A,i})`` for every (output, j, A, i), ``[C, b-1, n_in, b]`` (Fourier).
+    """``F_{Z_A}(t_j - m_{A,i})`` for every (output, A, i, j), ``[C, n_in, b, J]`` (Fourier).
 
-    ``a = |v|``, ``v [n_in, C]`` scaled weights, ``t [C, b-1]`` thresholds (clipped to the
+    ``a = |v|``, ``v [n_in, C]`` scaled weights, ``t [C, J]`` thresholds (clipped to the
     support), ``period [C]``. With ``sin(w (t - m)) = sin(w t) cos(w m) - cos(w t) sin(w m)``,
     the series and the linear part ``1/2 + (t - m)/L`` are one batched matrix product
-    ``[C, b-1, 2N+2] @ [C, 2N+2, n_in * b]``.
+    ``[C, n_in * b, 2N+2] @ [C, 2N+2, J]``.
     """
     n_in, c = a.shape
+    j = t.shape[1]
     n = torch.arange(1, terms + 1, dtype=torch.float64)
     omega = 2.0 * math.pi * n.view(1, -1) / period.view(-1, 1)  # [C, N]
     sinc = torch.sinc(a.unsqueeze(-1) * omega / (2.0 * math.pi))  # [k, C, N]
@@ -330,30 +351,48 @@ def _fourier_cdf(a: Tensor, v: Tensor, t: Tensor, period: Tensor, terms: int,
     before = torch.cat([ones, sinc[:-1]]).cumprod(0)  # prod over k < A
     after = torch.cat([sinc[1:], ones]).flip(0).cumprod(0).flip(0)  # prod over k > A
     own = torch.sinc(a.unsqueeze(-1) * omega / (2.0 * math.pi * bins))
-    coef = (before * after * own / (math.pi * n)).transpose(0, 1)  # [C, A, N]
+    coef = (before * after * own / (math.pi * n)).transpose(0, 1).unsqueeze(2)  # [C, A, 1, N]
     centres = (torch.arange(bins, dtype=torch.float64) + 0.5) / bins - 0.5
     shift = v.t().unsqueeze(-1) * centres  # [C, A, b]: m_{A,i}
-    wm = shift.unsqueeze(-1) * omega.view(c, 1, 1, -1)  # [C, A, b, N]
-    cw = coef.unsqueeze(2)
-    right = torch.cat([torch.cos(wm) * cw, torch.sin(wm) * cw, torch.ones_like(shift).unsqueeze(-1),
-                       (0.5 - shift / period.view(-1, 1, 1)).unsqueeze(-1)], dim=-1)
-    right = right.view(c, n_in * bins, 2 * terms + 2).transpose(1, 2)  # [C, 2N+2, A*b]
+    # the centres are symmetric (c_{b-1-i} = -c_i): cosines of the upper half mirror to the
+    # lower half, sines mirror with a sign
+    half = bins // 2
+    upper = shift[..., half:].unsqueeze(-1) * omega.view(c, 1, 1, -1)  # [C, A, b - b//2, N]
+    right = torch.empty(c, n_in, bins, 2 * terms + 2, dtype=torch.float64)
+    cos_part, sin_part = right[..., :terms], right[..., terms : 2 * terms]
+    torch.mul(torch.cos(upper), coef, out=cos_part[:, :, half:])
+    torch.mul(torch.sin(upper), coef, out=sin_part[:, :, half:])
+    mirror = torch.arange(bins - 1, bins - 1 - half, -1)  # i -> b - 1 - i for i < b//2
+    cos_part[:, :, :half] = cos_part[:, :, mirror]
+    torch.neg(sin_part[:, :, mirror], out=sin_part[:, :, :half])
+    right[..., 2 * terms] = 1.0
+    right[..., 2 * terms + 1] = 0.5 - shift / period.view(-1, 1, 1)
     wt = t.unsqueeze(-1) * omega.unsqueeze(1)  # [C, J, N]
-    left = torch.cat([torch.sin(wt), -torch.cos(wt), (t / period.view(-1, 1)).unsqueeze(-1),
-                      torch.ones_like(t).unsqueeze(-1)], dim=-1)  # [C, J, 2N+2]
-    return torch.bmm(left, right).view(c, -1, n_in, bins).clamp_(0.0, 1.0)
+    left = torch.empty(c, 2 * terms + 2, j, dtype=torch.float64)
+    torch.sin(wt, out=left[:, :terms].transpose(1, 2))
+    torch.cos(wt, out=left[:, terms : 2 * terms].transpose(1, 2))
+    left[:, terms : 2 * terms].neg_()
+    left[:, 2 * terms] = t / period.view(-1, 1)
+    left[:, 2 * terms + 1] = 1.0
+    out = torch.bmm(right.view(c, n_in * bins, -1), left)  # [C, A * b, J]
+    return out.view(c, n_in, bins, j).clamp_(0.0, 1.0)
 
 
 def _layout_mi(cdf: Tensor, bins: int) -> Tensor:
-    """Pair MI (bits) ``[C, A]`` from ``F [C, b-1, A, b]`` = P(output bin < j | input bin i)."""
-    c, _, n_in, _ = cdf.shape
-    zero = torch.zeros((c, 1, n_in, bins), dtype=cdf.dtype)
-    joint = torch.diff(cdf, dim=1, prepend=zero, append=zero + 1.0).div_(bins).clamp_(min=0.0)
-    rows = joint.sum(1)  # [C, A, b_i]
-    cols = joint.sum(3)  # [C, b_j, A]
+    """Pair MI (bits) ``[C, A]`` from ``F [C, A, b, J]`` = P(output bin <= k | input bin i) for
+    the thresholds ``k`` in play (below them F is 0, above 1)."""
+    j = cdf.shape[-1]
+    joint = torch.empty((*cdf.shape[:-1], j + 1), dtype=cdf.dtype)
+    joint[..., 0] = cdf[..., 0]
+    torch.sub(cdf[..., 1:], cdf[..., :-1], out=joint[..., 1:j])
+    torch.sub(1.0, cdf[..., -1], out=joint[..., j])
+    joint.div_(bins).clamp_(min=0.0)
+    rows = joint.sum(-1)  # [C, A, b_i]
+    cols = joint.sum(-2)  # [C, A, J+1]
     total = rows.sum(-1)
-    nats = (torch.xlogy(joint, joint).sum(3).sum(1) - torch.xlogy(rows, rows).sum(-1)
-            - torch.xlogy(cols, cols).sum(1) + torch.xlogy(total, total))
+    plogp = joint.clamp(min=1e-300).log_().mul_(joint)  # 0 log 0 = 0
+    nats = (plogp.sum(-1).sum(-1) - torch.xlogy(rows, rows).sum(-1)
+            - torch.xlogy(cols, cols).sum(-1) + torch.xlogy(total, total))
     return (nats / math.log(2.0)).clamp_(min=0.0)
 
 
@@ -402,10 +441,16 @@ def _chunk_pairs(v: Tensor, mean: Tensor, p: Tensor, bins: int) -> Tensor | None
     # thresholds relative to the mean, clipped to the support (F is 0 or 1 beyond it)
     half = 0.5 * support.view(-1, 1)
     t = (p.view(1, -1) - mean[cols].view(-1, 1)).clamp(min=-half, max=half)  # [C, b-1]
+    # only thresholds inside some output's support move F; outside it F is 0 or 1 and the
+    # output bins beyond them are empty, so the tables keep the bins k_lo .. k_hi + 1 only
+    inside = ((t > -half) & (t < half)).any(0).nonzero().flatten()
+    if inside.numel() == 0:  # every output stays in one bin: 0 bits
+        return out
+    t = t[:, int(inside[0]) : int(inside[-1]) + 1]
     # Fourier period: the support plus the largest bin-centre shift, so every t - m fits
     period = support + a.amax(0)
     widths = _own_widths(a, bins)  # [A, C, k]
-    terms = _tail_terms(widths.reshape(-1, n_in), period.repeat(n_in)).view(n_in, -1)
+    terms = _tail_terms(a, period, bins)  # [A, C]
     k, error = _poly_cost(widths)
     poly_ok = (k <= MAX_CORNERS_LOG2) & (error <= POLY_ERROR)
     # the polynomial form where the series is long: it costs about 2^K where the series costs N
@@ -413,10 +458,10 @@ def _chunk_pairs(v: Tensor, mean: Tensor, p: Tensor, bins: int) -> Tensor | None
     use_fourier = (terms <= MAX_TERMS) & ~use_poly & (a > 0)
     if bool(((a > 0) & ~use_poly & ~use_fourier).any()):
         return None
-    cdf = torch.zeros(len(cols), bins - 1, n_in, bins, dtype=torch.float64)
+    cdf = torch.zeros(len(cols), n_in, bins, t.shape[1], dtype=torch.float64)
     if bool(use_fourier.any()):
         n_terms = int(terms[use_fourier].max())
-        step = max(1, BLOCK_CELLS // (n_in * bins * (2 * n_terms + 2)))
+        step = max(1, PARTS_BLOCK_CELLS // (n_in * bins * (2 * n_terms + 2)))
         for s in range(0, len(cols), step):
             sl = slice(s, s + step)
             cdf[sl] = _fourier_cdf(a[:, sl], v[:, sl], t[sl], period[sl], n_terms, bins)
@@ -426,7 +471,7 @@ def _chunk_pairs(v: Tensor, mean: Tensor, p: Tensor, bins: int) -> Tensor | None
         z = t[slow[:, 1]].unsqueeze(1) - (v[slow[:, 0], slow[:, 1]].view(-1, 1)
                                           * centres).unsqueeze(-1)  # [R, b, J]
         poly = _poly_rows(widths[slow[:, 0], slow[:, 1]], z.reshape(slow.shape[0], -1))
-        cdf[slow[:, 1], :, slow[:, 0], :] = poly.view(-1, bins, t.shape[1]).transpose(1, 2)
+        cdf[slow[:, 1], slow[:, 0]] = poly.view(-1, bins, t.shape[1])
     mi = _layout_mi(cdf, bins).t()  # [A, C]
     out[:, cols] = torch.where(a == 0, 0.0, mi)
     return out
@@ -440,7 +485,7 @@ def ei_parts_pairs(w: Tensor, b: Tensor, in_range: tuple[float, float], p: Tenso
     v = (hi - lo) * w  # [n_in, n_out]
     mean = b + lo * w.sum(0) + 0.5 * v.sum(0)  # mean pre-activation of each output
     out = torch.zeros_like(w)
-    step = max(1, BLOCK_CELLS // max(1, n_in * max(n_in, bins) * bins))
+    step = max(1, PARTS_BLOCK_CELLS // max(1, n_in * max(n_in, bins) * bins))
     for c0 in range(0, n_out, step):
         part = _chunk_pairs(v[:, c0 : c0 + step], mean[c0 : c0 + step], p, bins)
         if part is None:
