@@ -382,12 +382,12 @@ class _JointEI(_Estimator):
         bias = (st.singletons_x / n) * st.entropy_y + abs(st.miller_madow)
         why = None
         if st.mi > 0 and st.mi > math.log2(n) - 1.0:
-            why = (f"its value is within 1 bit of log2({n}) = {math.log2(n):.2f}, the most a "
-                   f"plug-in estimate from {n} samples can give")
+            why = (f"its value is within 1 bit of log2(N) = {math.log2(n):.2f}, the most a "
+                   "plug-in estimate from N samples can give")
         detail = ""
-        if st.singletons_x:
-            detail = (f": {st.singletons_x} of {n} samples fell into joint input states seen "
-                      f"only once (of {self.setup.bins}^{self.setup.n_in} possible)")
+        if 2 * st.singletons_x > n:
+            detail = (f": most samples fell into joint input states seen only once (of "
+                      f"{self.setup.bins}^{self.setup.n_in} possible)")
         return _Estimate(st.mi, bias, why, detail)
 
     def hopeless(self, est: _Estimate, total: int, options: _Options) -> bool:
@@ -411,8 +411,8 @@ class _Pairwise(_Estimator):
         top = float(pairs.max()) if pairs.numel() else 0.0
         why = None
         if top > 0 and top > math.log2(n) - 1.0:
-            why = (f"a pair's value is within 1 bit of log2({n}) = {math.log2(n):.2f}, the most "
-                   f"a plug-in estimate from {n} samples can give")
+            why = (f"a pair's value is within 1 bit of log2(N) = {math.log2(n):.2f}, the most "
+                   "a plug-in estimate from N samples can give")
         return _Estimate(value, bias, why)
 
 
@@ -488,9 +488,8 @@ def _why(est: _Estimate, options: _Options) -> str | None:
     """Why ``est`` is sample-limited, or ``None`` if it is not."""
     if est.why is not None:
         return est.why
-    if est.bias > options.allowed(est.value):
-        return (f"its estimated plug-in bias, {est.bias:.3g} bits, exceeds the tolerance "
-                f"{options.allowed(est.value):.3g} bits{est.detail}")
+    if est.bias > options.allowed(est.value):  # no numbers: one warning text per cause
+        return f"its estimated plug-in bias (see bias) exceeds the tolerance{est.detail}"
     return None
 
 
@@ -605,10 +604,12 @@ _ADVICE = {
 
 
 def _warn(label: str, values: list[CausalValue], setup: _Setup, stacklevel: int) -> None:
+    """One warning per layer; its text carries no estimate, so that measuring the same layer
+    again (a Monitor, every epoch) repeats the same text, which Python shows once."""
     bad = [v for v in values if not v.converged]
     if not bad:
         return
-    parts = [f"{v.measure} ({v.note})" for v in bad]
+    parts = [f"{v.measure} ({v.samples} samples: {v.note})" for v in bad]
     advice = "; ".join(dict.fromkeys(_ADVICE[v.measure] for v in bad))
     warnings.warn(
         f"foresight.causal: {label}, {setup.bins} bins: limited by the sample count, reported "
