@@ -279,8 +279,8 @@ def _tail_terms(a: Tensor, period: Tensor, bins: int) -> Tensor:
     last grid point the factors past their knee fall like :math:`1/n`. The product over the
     other inputs is the product over all inputs of one output with A's factor divided out.
     """
-    top = 4 * math.ceil(math.log2(max(2, MAX_TERMS)))
-    grid = torch.unique(torch.round(2.0 ** (torch.arange(0, top + 1) / 4.0))).double()
+    top = 8 * math.ceil(math.log2(max(2, MAX_TERMS)))
+    grid = torch.unique(torch.round(2.0 ** (torch.arange(0, top + 1) / 8.0))).double()
     grid = grid[grid <= max(2, MAX_TERMS)]
     scale = math.pi * a / period  # [K, C]
     seg_k, last_k, fall_k = _log_factor_bounds(scale, grid)  # [K, C, G-1], [K, C], [K, C]
@@ -333,14 +333,17 @@ def _own_widths(a: Tensor, bins: int) -> Tensor:
     return widths
 
 
-def _fourier_cdf(a: Tensor, v: Tensor, t: Tensor, period: Tensor, terms: int,
+def _fourier_cells(a: Tensor, v: Tensor, t: Tensor, period: Tensor, terms: int,
                  bins: int) -> Tensor:
-    """``F_{Z_A}(t_j - m_{A,i})`` for every (output, A, i, j), ``[C, n_in, b, J]`` (Fourier).
+    """The cells ``P(i, j)`` of every (output, A) table, ``[C, n_in, b, J+1]`` (Fourier).
 
     ``a = |v|``, ``v [n_in, C]`` scaled weights, ``t [C, J]`` thresholds (clipped to the
-    support), ``period [C]``. With ``sin(w (t - m)) = sin(w t) cos(w m) - cos(w t) sin(w m)``,
-    the series and the linear part ``1/2 + (t - m)/L`` are one batched matrix product
-    ``[C, n_in * b, 2N+2] @ [C, 2N+2, J]``.
+    support), ``period [C]``. ``F_{Z_A}(t_j - m_{A,i})`` is, with
+    ``sin(w (t - m)) = sin(w t) cos(w m) - cos(w t) sin(w m)``, a row of ``[cos(w m), sin(w m),
+    1, 1/2 - m/L]`` (weighted by the series' coefficients) times a column of ``[sin(w t),
+    -cos(w t), t/L, 1]``; the cells are differences of consecutive F (0 below the first
+    threshold, 1 above the last), so differences of the columns give them all in one batched
+    matrix product ``[C, n_in * b, 2N+2] @ [C, 2N+2, J+1]``.
     """
     n_in, c = a.shape
     j = t.shape[1]
@@ -368,25 +371,32 @@ def _fourier_cdf(a: Tensor, v: Tensor, t: Tensor, period: Tensor, terms: int,
     right[..., 2 * terms] = 1.0
     right[..., 2 * terms + 1] = 0.5 - shift / period.view(-1, 1, 1)
     wt = t.unsqueeze(-1) * omega.unsqueeze(1)  # [C, J, N]
-    left = torch.empty(c, 2 * terms + 2, j, dtype=torch.float64)
-    torch.sin(wt, out=left[:, :terms].transpose(1, 2))
-    torch.cos(wt, out=left[:, terms : 2 * terms].transpose(1, 2))
-    left[:, terms : 2 * terms].neg_()
-    left[:, 2 * terms] = t / period.view(-1, 1)
-    left[:, 2 * terms + 1] = 1.0
-    out = torch.bmm(right.view(c, n_in * bins, -1), left)  # [C, A * b, J]
-    return out.view(c, n_in, bins, j).clamp_(0.0, 1.0)
+    left = torch.zeros(c, 2 * terms + 2, j + 2, dtype=torch.float64)  # F = 0, F_1..F_J, F = 1
+    torch.sin(wt, out=left[:, :terms, 1 : j + 1].transpose(1, 2))
+    torch.cos(wt, out=left[:, terms : 2 * terms, 1 : j + 1].transpose(1, 2))
+    left[:, terms : 2 * terms, 1 : j + 1].neg_()
+    left[:, 2 * terms, 1 : j + 1] = t / period.view(-1, 1)
+    left[:, 2 * terms + 1, 1 : j + 1] = 1.0
+    left[:, 2 * terms, j + 1] = 1.0  # the constant 1, through right's column of ones
+    cells = torch.diff(left, dim=-1).div_(bins)  # [C, 2N+2, J+1]
+    out = torch.bmm(right.view(c, n_in * bins, -1), cells)  # [C, A * b, J+1]
+    return out.view(c, n_in, bins, j + 1)
 
 
-def _layout_mi(cdf: Tensor, bins: int) -> Tensor:
-    """Pair MI (bits) ``[C, A]`` from ``F [C, A, b, J]`` = P(output bin <= k | input bin i) for
+def _cells_of(cdf: Tensor, bins: int) -> Tensor:
+    """Cells ``P(i, j)`` ``[..., J+1]`` from ``F [..., J]`` = P(output bin <= k | input bin i) for
     the thresholds ``k`` in play (below them F is 0, above 1)."""
     j = cdf.shape[-1]
     joint = torch.empty((*cdf.shape[:-1], j + 1), dtype=cdf.dtype)
     joint[..., 0] = cdf[..., 0]
     torch.sub(cdf[..., 1:], cdf[..., :-1], out=joint[..., 1:j])
     torch.sub(1.0, cdf[..., -1], out=joint[..., j])
-    joint.div_(bins).clamp_(min=0.0)
+    return joint.div_(bins)
+
+
+def _layout_mi(joint: Tensor) -> Tensor:
+    """Pair MI (bits) ``[C, A]`` of the cells ``[C, A, b, J+1]`` (rounding below 0 dropped)."""
+    joint = joint.clamp_(min=0.0)
     rows = joint.sum(-1)  # [C, A, b_i]
     cols = joint.sum(-2)  # [C, A, J+1]
     total = rows.sum(-1)
@@ -458,21 +468,21 @@ def _chunk_pairs(v: Tensor, mean: Tensor, p: Tensor, bins: int) -> Tensor | None
     use_fourier = (terms <= MAX_TERMS) & ~use_poly & (a > 0)
     if bool(((a > 0) & ~use_poly & ~use_fourier).any()):
         return None
-    cdf = torch.zeros(len(cols), n_in, bins, t.shape[1], dtype=torch.float64)
+    cells = torch.zeros(len(cols), n_in, bins, t.shape[1] + 1, dtype=torch.float64)
     if bool(use_fourier.any()):
         n_terms = int(terms[use_fourier].max())
         step = max(1, PARTS_BLOCK_CELLS // (n_in * bins * (2 * n_terms + 2)))
         for s in range(0, len(cols), step):
             sl = slice(s, s + step)
-            cdf[sl] = _fourier_cdf(a[:, sl], v[:, sl], t[sl], period[sl], n_terms, bins)
+            cells[sl] = _fourier_cells(a[:, sl], v[:, sl], t[sl], period[sl], n_terms, bins)
     slow = use_poly.nonzero()
     if slow.numel():
         centres = (torch.arange(bins, dtype=torch.float64) + 0.5) / bins - 0.5
         z = t[slow[:, 1]].unsqueeze(1) - (v[slow[:, 0], slow[:, 1]].view(-1, 1)
                                           * centres).unsqueeze(-1)  # [R, b, J]
         poly = _poly_rows(widths[slow[:, 0], slow[:, 1]], z.reshape(slow.shape[0], -1))
-        cdf[slow[:, 1], slow[:, 0]] = poly.view(-1, bins, t.shape[1])
-    mi = _layout_mi(cdf, bins).t()  # [A, C]
+        cells[slow[:, 1], slow[:, 0]] = _cells_of(poly.view(-1, bins, t.shape[1]), bins)
+    mi = _layout_mi(cells).t()  # [A, C]
     out[:, cols] = torch.where(a == 0, 0.0, mi)
     return out
 
