@@ -20,7 +20,7 @@ straightforward per-pair numpy reference of the test suite (``tests/reference``)
 deep-ei needs networkx < 3 for its ``topology_of``; this benchmark builds the topology graph
 itself (``_topology``, a networkx-3 shim kept here, never in the library). Install the peer with
 ``pip install fast-histogram`` and ``pip install --no-deps deep-ei`` (``make bench`` does).
-Run: ``python benchmarks/bench_causal.py [--repeats 5] [--seeds 3] [--reference]``.
+Run: ``python benchmarks/bench_causal.py [--repeats 5] [--seeds 3] [--reference] [--no-peer]``.
 """
 
 from __future__ import annotations
@@ -201,9 +201,11 @@ def main() -> None:
                         help="also compare a report with the per-pair numpy reference")
     parser.add_argument("--samples", type=int, default=100_000,
                         help="samples per measurement of the reference comparison")
+    parser.add_argument("--no-peer", action="store_true", help="skip the deep-ei comparison")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    peer(args.repeats, args.seeds)
+    if not args.no_peer:
+        peer(args.repeats, args.seeds)
     if args.reference:
         reference(max(1, args.repeats // 2), args.samples)
 

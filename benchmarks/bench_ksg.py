@@ -100,7 +100,7 @@ def main() -> None:
         }
         if n <= 10_000:
             contenders["brute"] = lambda x=x, y=y: mutual_information(
-                x, y, method="ksg", k=3, algorithm="brute")
+                x, y, method="ksg", k=3, algorithm="brute", progress=False)
         times, values = timed(contenders, args.repeats)
         line(f"1-D, N = {n:,}", times, "foresight")
         same = ""
@@ -120,7 +120,7 @@ def main() -> None:
         }
         if n <= 10_000:
             contenders["brute"] = lambda x=x, y=y: mutual_information(
-                x, y, method="ksg", k=3, algorithm="brute")
+                x, y, method="ksg", k=3, algorithm="brute", progress=False)
         times, values = timed(contenders, args.repeats)
         line(f"d = 4, N = {n:,}", times, "foresight")
         print(f"{'':<22} foresight {values['foresight']:.9f}, reference "

@@ -313,12 +313,15 @@ def _poly_cdf(widths: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     sign = 1.0 - 2.0 * (masks.sum(1) % 2)  # [2^K]
     total = widths.sum(1, keepdim=True)
     corners = 0.5 * total - widths @ masks.t()  # [R, 2^K]
-    scale = math.lgamma(k + 1) + torch.log(widths).sum(1)  # log(K! prod a)
-    shifted = (z.unsqueeze(-1) + corners.unsqueeze(1)).clamp(min=0.0)  # [R, P, 2^K]
-    terms = torch.exp(k * torch.log(shifted.clamp(min=1e-300)) - scale.view(-1, 1, 1))
-    terms = torch.where(shifted > 0, terms, 0.0)
-    cdf = (terms * sign).sum(-1)
-    biggest = torch.exp(k * torch.log(total.squeeze(1)) - scale)  # largest possible term
+    log_scale = math.lgamma(k + 1) + torch.log(widths).sum(1)  # log(K! prod a)
+    cdf = torch.empty_like(z)
+    step = max(1, (1 << 20) // max(1, z.shape[1] << k))
+    for r in range(0, rows, step):
+        shifted = (z[r : r + step].unsqueeze(-1) + corners[r : r + step].unsqueeze(1)).clamp_(
+            min=0.0).pow_(k)  # [R, P, 2^K]: (z + W/2 - a_S)_+^K
+        cdf[r : r + step] = shifted @ sign
+    cdf /= torch.exp(log_scale).unsqueeze(1)
+    biggest = torch.exp(k * torch.log(total.squeeze(1)) - log_scale)  # largest possible term
     error = biggest * (2.0**k) * 4e-16
     return cdf, error
 
@@ -463,8 +466,9 @@ def _chunk_pairs(v: Tensor, mean: Tensor, p: Tensor, bins: int) -> Tensor | None
     terms = _tail_terms(a, period, bins)  # [A, C]
     k, error = _poly_cost(widths)
     poly_ok = (k <= MAX_CORNERS_LOG2) & (error <= POLY_ERROR)
-    # the polynomial form where the series is long: it costs about 2^K where the series costs N
-    use_poly = poly_ok & ((terms > MAX_TERMS) | (5 * 2 ** k.clamp(max=30) < terms)) & (a > 0)
+    # the polynomial form where the series is long: per cell it costs 2^K powers where the
+    # series costs 2N multiply-adds in a matrix product, some 20 times cheaper each
+    use_poly = poly_ok & ((terms > MAX_TERMS) | (20 * 2 ** k.clamp(max=30) < terms)) & (a > 0)
     use_fourier = (terms <= MAX_TERMS) & ~use_poly & (a > 0)
     if bool(((a > 0) & ~use_poly & ~use_fourier).any()):
         return None
