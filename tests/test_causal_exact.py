@@ -25,6 +25,9 @@ from foresight.causal import exact
 LN2 = math.log(2.0)
 
 
+#: Sample-limited estimates warn; tests that care check with pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:foresight.causal:RuntimeWarning")
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     before = torch.get_num_threads()

@@ -15,6 +15,9 @@ from tests.reference import causal_reference as ref
 LN2 = math.log(2.0)
 
 
+#: Sample-limited estimates warn; tests that care check with pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:foresight.causal:RuntimeWarning")
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: on the shared 2-core test machine a second thread only waits."""

@@ -9,6 +9,8 @@ from torch import nn
 import foresight.causal as fc
 from foresight.schedule import at, every
 
+#: Sample-limited estimates warn; tests that care check with pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:foresight.causal:RuntimeWarning")
 
 @pytest.fixture(autouse=True)
 def _one_thread():

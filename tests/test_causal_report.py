@@ -15,6 +15,8 @@ from torch import nn
 import foresight.causal as fc
 from tests.reference.model_state import assert_unchanged, snapshot
 
+#: Sample-limited estimates warn; tests that care check with pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:foresight.causal:RuntimeWarning")
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -16,6 +16,12 @@ from foresight.ib.binning import bin_indices
 from foresight.ib.discrete import row_labels
 from tests.reference import mi_reference as ref
 
+#: I(X;T) at log2 N warns; tests that care check with pytest.warns.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:information_plane:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:foresight.ib:RuntimeWarning"),
+]
+
 
 def h2(p: float) -> float:
     return -p * math.log2(p) - (1 - p) * math.log2(1 - p)

@@ -16,6 +16,12 @@ from foresight.schedule import at, every
 from tests.reference import mi_reference as ref
 from tests.reference.model_state import assert_unchanged, snapshot
 
+#: I(X;T) at log2 N warns; tests that care check with pytest.warns.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:information_plane:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:foresight.ib:RuntimeWarning"),
+]
+
 WIDTHS = [12, 10, 7, 5, 4, 3, 2]
 
 

@@ -289,7 +289,7 @@ def information_plane(
     >>> net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 2), nn.Softmax(dim=1))
     >>> x = torch.randint(0, 2, (256, 12)).float()
     >>> y = (x.sum(1) > 6).long()
-    >>> plane = information_plane(net, x, y, bins=30, range=(-1, 1))
+    >>> plane = information_plane(net, x, y, bins=4, range=(-1, 1))
     >>> [layer.name for layer in plane.layers]
     ['1', '3']
     >>> all(la.i_xt <= 8 and la.i_ty <= plane.h_y + 1e-12 for la in plane.layers)
