@@ -38,9 +38,9 @@ from typing import Any
 import foresight
 
 __all__ = [
-    "main", "build_parser", "parse_shape", "parse_factory_args", "load_factory", "build_model",
-    "load_weights", "format_report", "format_causal", "parse_range", "skipped_entries", "skipped_summary", "clean", "UserError",
-    "EXIT_USER_ERROR",
+    "main", "build_parser", "parse_shape", "parse_range", "parse_factory_args", "load_factory",
+    "build_model", "load_weights", "format_report", "format_causal", "skipped_entries",
+    "skipped_summary", "clean", "UserError", "EXIT_USER_ERROR",
 ]
 
 #: Exit status of a mistake in the command line or its inputs (one ``foresight: error:`` line).
