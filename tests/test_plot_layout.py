@@ -212,7 +212,8 @@ def test_noise_scale_figure_marks_unresolved_estimates():
                                                                                         6]
     suggested = [ln for ln in ax.get_lines() if ln.get_label().startswith("suggested")]
     assert suggested and suggested[0].get_ydata()[0] == 120
-    assert _style.UNRESOLVED_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"{_style.UNRESOLVED_LABEL}: 4 of 8 estimates" in texts
     assert overlapping_tick_labels(fig) == [] and legends_over_data(fig) == []
     plt.close(fig)
     fig = noise_scale_over_training([0, 1], [-1.0, -2.0])  # nothing resolved: said, not drawn

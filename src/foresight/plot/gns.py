@@ -130,6 +130,8 @@ def noise_scale_over_training(
                 va="center", color=UNRESOLVED_COLOR)
     mark = mark_unresolved(ax, unresolved, steps)
     if mark is not None:
+        n_bad = sum(1 for v in values if not math.isfinite(v))
+        mark.set_label(f"{mark.get_label()}: {n_bad} of {len(values)} estimates")
         handles.append(mark)
     ax.set_xlabel("step")
     ax.set_ylabel("noise scale (examples)")
