@@ -152,13 +152,15 @@ class _Failed:
         self.message = str(exc)
 
 
-def agree(fn: Callable[[], Any], *, group: Any = None) -> Any:
+def agree(fn: Callable[[], Any], *, same: Any = None, group: Any = None) -> Any:
     """Run ``fn()`` on every rank and return rank 0's result on every rank.
 
     **Collective** (one ``all_gather_object``) when a process group of more than one rank
     exists; every rank must call it in the same order. If ``fn`` raised on any rank, every rank
     raises -- the rank's own exception where it raised, a :class:`RuntimeError` naming the rank
-    elsewhere -- instead of leaving the others waiting in the next collective.
+    elsewhere -- instead of leaving the others waiting in the next collective. ``same``: a small
+    value that must be equal on every rank (e.g. the step being measured); every rank raises
+    :class:`DistributedError` if it is not.
     """
     if not initialized() or world_size(group) == 1:
         return fn()
@@ -170,16 +172,22 @@ def agree(fn: Callable[[], Any], *, group: Any = None) -> Any:
     except Exception as exc:  # reported to every rank below
         error, mine = exc, _Failed(exc)
     gathered: list[Any] = [None] * world_size(group)
-    dist.all_gather_object(gathered, mine, group=group)
+    dist.all_gather_object(gathered, (same, mine), group=group)
     if error is not None:
         raise error
-    for r, item in enumerate(gathered):
+    for r, (_, item) in enumerate(gathered):
         if isinstance(item, _Failed):
             raise RuntimeError(
                 f"foresight: the measurement failed on rank {r} ({item.type}: {item.message}); "
                 "every rank stops here"
             )
-    return gathered[0]
+    keys = [key for key, _ in gathered]
+    if any(key != keys[0] for key in keys):
+        raise DistributedError(
+            f"foresight: the ranks are out of step (rank by rank: {keys}); every rank must make "
+            "the same calls in the same order"
+        )
+    return gathered[0][1]
 
 
 def shared(model: nn.Module, value: Any) -> Any:

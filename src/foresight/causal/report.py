@@ -33,6 +33,7 @@ from foresight.causal.activations import (
 )
 from foresight.causal.affine import affine_map, is_weight_layer
 from foresight.causal.measures import MAX_SAMPLES, Range, _resolve_seed, layer_measures
+from foresight.distributed import full_weights, shared
 
 __all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "report", "weight_layers"]
 
@@ -179,10 +180,10 @@ def report(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    seed = _resolve_seed(seed)
+    seed = shared(model, _resolve_seed(seed))  # rank 0's seed on every rank of a sharded model
     shapes = dict(input_shapes or {})
     rows: list[CausalRow] = []
-    with preserved(model):
+    with full_weights(model), preserved(model):
         layers = weight_layers(model, activations)
         if not layers:
             raise ValueError(f"{type(model).__name__} has no layer foresight.causal can measure "

@@ -13,6 +13,7 @@ from torch import nn
 
 from foresight._guard import preserved
 from foresight._result import Result
+from foresight.distributed import full_weights
 from foresight.ei.engine import DEFAULT_MAX_DENSE_BYTES, LayerStats, degeneracy_of, layer_stats
 from foresight.ei.norms import lin_norm
 from foresight.ei.registry import Shape, is_supported
@@ -121,7 +122,7 @@ def _collect(
         raise TypeError(
             f"norm must be lin_norm, soft_norm, sig_norm, None or a callable, got {norm!r}"
         )
-    with preserved(model), torch.no_grad():
+    with full_weights(model), preserved(model), torch.no_grad():
         names: dict[nn.Module, str] = {}
         for n, m in model.named_modules(remove_duplicate=False):
             names.setdefault(m, n)
