@@ -569,7 +569,9 @@ def full_weights(model: nn.Module) -> Iterator[nn.Module]:
     For a model sharded with ``fully_shard``: every FSDP2 parameter group that is sharded is
     unsharded (FSDP's own all-gather, on every rank), the modules' parameters are the full
     tensors, and FSDP's forward hooks are replaced by no-ops, so forward passes inside the context
-    neither gather nor reshard nor register backward hooks. On exit (also after an exception)
+    neither gather nor reshard nor register backward hooks; the modules have their own classes
+    back (``Linear``, not FSDP's ``FSDPLinear``), so names and types read as in the unsharded
+    model, and :func:`is_sharded` is false inside. On exit (also after an exception)
     the hooks come back and the groups that were sharded are resharded; groups that were
     unsharded on entry (the root's inside its own forward pass) stay as they were.
 
@@ -592,6 +594,7 @@ def full_weights(model: nn.Module) -> Iterator[nn.Module]:
     groups = _all_groups(model)
     unsharded_here = []
     saved: list[tuple[dict, int, Any]] = []
+    classes: list[tuple[nn.Module, type]] = []
     try:
         for g in groups:
             if not g.is_unsharded:
@@ -600,8 +603,17 @@ def full_weights(model: nn.Module) -> Iterator[nn.Module]:
                 g.wait_for_unshard()
                 unsharded_here.append(g)
         saved = _quiet_forward_hooks(mods)
+        fsdp_cls = _fsdp_module_class()
+        for m in mods:  # fully_shard swapped in a subclass "FSDP<Name>": the original's back
+            cls = type(m)
+            orig = next((b for b in cls.__bases__ if b is not fsdp_cls), None)
+            if orig is not None and issubclass(orig, nn.Module):
+                classes.append((m, cls))
+                m.__class__ = orig
         yield model
     finally:
+        for m, cls in reversed(classes):
+            m.__class__ = cls
         for hooks, key, hook in reversed(saved):
             hooks[key] = hook
         for g in reversed(unsharded_here):

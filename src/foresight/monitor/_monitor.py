@@ -43,8 +43,9 @@ class Monitor:
     order -- on the full weights for a sharded model (:func:`foresight.distributed.full_weights`,
     one all-gather per measurement) and on the inner module of a DDP wrapper -- then one
     ``all_gather_object`` gives every rank rank 0's record (identical values everywhere, and an
-    error on one rank raises on all of them). Only rank 0 writes to the sinks: give every rank the
-    same sinks. A Monitor on a plain module never communicates.
+    error on one rank raises on all of them). The values you pass (``loss=``) are rank 0's too:
+    pass a value reduced over the ranks if you want the mean. Only rank 0 writes to the sinks:
+    give every rank the same sinks. A Monitor on a plain module never communicates.
 
     Args:
         model: the model being trained (or its ``DistributedDataParallel`` wrapper).
@@ -208,16 +209,15 @@ class Monitor:
             record[key] = _scalar(value, key)
 
         def run() -> Record:
-            values: Record = {}
             with _isolated(self.module), distributed.full_weights(self.module):
                 for m in self.metrics:
-                    values.update(m.measure(self.module, context))
-            return values
+                    record.update(m.measure(self.module, context))
+            return record
 
-        if self.parallel.collective:
-            record.update(distributed.agree(run, same=(context.step, context.epoch)))
+        if self.parallel.collective:  # rank 0's record, your values (loss=...) included
+            record = distributed.agree(run, same=(context.step, context.epoch))
         else:
-            record.update(run())
+            record = run()
         self.history.write(record)
         if self._writes:
             for sink in self.sinks:
