@@ -347,26 +347,44 @@ def section_lightning(rank, out, tmp):
     os.environ["LOCAL_RANK"] = str(rank)  # the processes exist: Lightning launches none
     os.environ["NODE_RANK"] = "0"
     import lightning.pytorch as pl
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
     from foresight.integrations.lightning import ForesightCallback
     from foresight.monitor import Function
     from foresight.monitor.sinks import CSVSink
     from foresight.schedule import every
 
-    callback = ForesightCallback(["gns", Function(weight_norm, name="wnorm")], unit="step",
-                                 schedule=every(1), sinks=[CSVSink(os.path.join(tmp, "pl.csv"))],
-                                 log=False)
-    model = lightning_fit(pl, callback, devices=WORLD, strategy="ddp", root=tmp)
-    out["lightning"] = dict(history=list(callback.history), started=callback.sinks[0]._started,
-                            world=model.trainer.world_size,
-                            final=[p.detach().clone() for p in model.parameters()])
+    for tag, strategy in (("ddp", "ddp"), ("fsdp", ModelParallelStrategy(WORLD, 1))):
+        callback = ForesightCallback(
+            ["gns", Function(weight_norm, name="wnorm")], unit="step", schedule=every(1),
+            sinks=[CSVSink(os.path.join(tmp, f"pl_{tag}.csv"))], log=False)
+        model = lightning_fit(pl, callback, devices=WORLD, strategy=strategy, root=tmp,
+                              shard=tag == "fsdp")
+        final = [distributed_full(p) for p in model.parameters()]
+        out["lightning_" + tag] = dict(history=list(callback.history),
+                                       started=callback.sinks[0]._started,
+                                       world=model.trainer.world_size, final=final)
 
 
-def lightning_fit(pl, callback, devices, strategy, root):
+def distributed_full(p):
+    full = getattr(p, "full_tensor", None)
+    return (full() if callable(full) else p).detach().clone()
+
+
+def lightning_fit(pl, callback, devices, strategy, root, shard=False):
     class Tiny(pl.LightningModule):
         def __init__(self):
             super().__init__()
             self.net = make_model()
+
+        def configure_model(self):  # ModelParallelStrategy: FSDP2 on its data-parallel mesh
+            if shard:
+                from torch.distributed.fsdp import fully_shard
+
+                mesh = self.device_mesh["data_parallel"]
+                for layer in (self.net[0], self.net[3]):
+                    fully_shard(layer, mesh=mesh)
+                fully_shard(self, mesh=mesh)
 
         def forward(self, x):
             return self.net(x)
@@ -639,29 +657,37 @@ def test_monitor_csv_written_once_by_rank_0_with_single_process_values(ranks, ta
     assert len(runs[0]["history"]) == len(single) == 2
 
 
-def test_lightning_ddp_two_processes(ranks, tmp_path):
+@pytest.fixture(scope="module")
+def lightning_single(tmp_path_factory):
+    """The same data in one process (each step's batch is both ranks' batches)."""
     pl = pytest.importorskip("lightning.pytorch")
     from foresight.integrations.lightning import ForesightCallback
     from foresight.monitor import Function
 
+    callback = ForesightCallback(["gns", Function(weight_norm, name="wnorm")], unit="step",
+                                 log=False)
+    model = lightning_fit(pl, callback, devices=1, strategy="auto",
+                          root=tmp_path_factory.mktemp("pl"))
+    return list(callback.history), [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("tag", ["ddp", "fsdp"])
+def test_lightning_two_processes(ranks, lightning_single, tag):
+    """strategy="ddp", and ModelParallelStrategy with fully_shard in configure_model."""
     res, tmp = ranks
-    runs = [r["lightning"] for r in res]
+    runs = [r["lightning_" + tag] for r in res]
     assert [run["world"] for run in runs] == [WORLD, WORLD]
     assert runs[0]["history"] == runs[1]["history"]
     assert [run["started"] for run in runs] == [True, False]
-    rows = read_csv(tmp / "pl.csv")
+    rows = read_csv(tmp / f"pl_{tag}.csv")
     assert [float(r["b_simple"]) for r in rows] == [h["b_simple"] for h in runs[0]["history"]]
-    # the same data in one process (each step's batch is both ranks' batches)
-    callback = ForesightCallback(["gns", Function(weight_norm, name="wnorm")], unit="step",
-                                 log=False)
-    model = lightning_fit(pl, callback, devices=1, strategy="auto", root=tmp_path)
-    single = list(callback.history)
+    single, weights = lightning_single
     assert len(single) == len(runs[0]["history"]) == 2
     for got, exp in zip(runs[0]["history"], single):
         for key in ("b_simple", "trace_sigma", "grad_sq_norm", "wnorm"):
             assert abs(got[key] - exp[key]) <= 1e-6 * abs(exp[key]), (key, got, exp)
-    for a, b in zip(runs[0]["final"], model.parameters()):
-        assert torch.allclose(a, b.detach(), rtol=1e-9, atol=1e-12)
+    for a, b in zip(runs[0]["final"], weights):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_every_section_ran(ranks):
