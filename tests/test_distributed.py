@@ -261,6 +261,21 @@ def section_errors(rank, out):
     est = gns.step()
     out["after_skip"] = (gns.skipped, gns.steps, est.trace_sigma)
     gns.close()
+    # a parameter unfrozen during training is measured from then on (hooked on its unsharded
+    # tensor); one frozen from the start is left out
+    model = shard(make_model())
+    model[0].weight.requires_grad_(False)
+    gns = GradientNoiseScale(model, per_example=False)
+    covered = []
+    for _ in range(2):
+        mse(model(xl), yl).backward()
+        gns.step()
+        covered.append(gns.coverage().get("0.weight"))
+        for p in model.parameters():
+            p.grad = None
+        model[0].weight.requires_grad_(True)
+    gns.close()
+    out["unfrozen"] = covered
     # every=2: the collective runs on the measured steps only
     model = shard(make_model())
     gns = GradientNoiseScale(model, per_example=True, every=2)
@@ -565,6 +580,7 @@ def test_no_sync_misuse_hsdp_and_skipped_steps(ranks):
         skipped, steps, tr = r["after_skip"]
         assert (skipped, steps) == (1, 1) and math.isfinite(tr)
         assert [c.count("all_reduce") for c in r["every2"]] == [1, 0, 1, 0]
+        assert r["unfrozen"] == [None, "micro-batch"]
         assert all(len(c) == c.count("all_reduce") for c in r["every2"])
     from foresight import ei as fei
 

@@ -337,6 +337,11 @@ class Parallel:
     wrapper: nn.Module | None = None
     group: Any = None
     _managed: dict[str, _Managed] = field(default_factory=dict, repr=False)
+    _groups: list[Any] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "fsdp" and not self._groups:
+            self._groups = _all_groups(self.module)
 
     @property
     def world(self) -> int:
@@ -362,6 +367,7 @@ class Parallel:
         parameters, e.g. on ``model.to()``)."""
         if self.kind == "fsdp":
             self._managed = _managed(self.module)
+            self._groups = _all_groups(self.module)
 
     def params(self) -> dict[str, nn.Parameter]:
         """Every parameter by name, as the optimizer sees it (FSDP2: the sharded parameter,
@@ -411,7 +417,7 @@ class Parallel:
         if self.kind == "ddp":
             return bool(getattr(self.wrapper, "require_backward_grad_sync", True))
         if self.kind == "fsdp":
-            return all(bool(getattr(g, "reduce_grads", True)) for g in _all_groups(self.module))
+            return all(bool(getattr(g, "reduce_grads", True)) for g in self._groups)
         return True
 
     def check_gradients(self) -> None:

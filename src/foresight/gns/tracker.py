@@ -173,6 +173,7 @@ class GradientNoiseScale:
         self._param_handles: dict[int, Any] = {}
         self._hooked_on: dict[int, int] = {}  # parameter -> id of the tensor carrying its hook
         self._open: list[str] = []  # the model's calls in progress (see _pre_forward)
+        self._sharded_ready: tuple | None = None  # FSDP2: hooked for these requires_grad
         #: ``callable(module) -> bool``: calls of the model for which it returns ``True`` are
         #: not forward passes (a wrapper's redirection, e.g. Lightning's under DDP, whose
         #: ``training_step`` calls the real forward inside); calls nested in them are.
@@ -236,6 +237,8 @@ class GradientNoiseScale:
             if not p.requires_grad:
                 continue
             t = tensors.get(name, p)
+            if t is not p and t.requires_grad != p.requires_grad:
+                t.requires_grad_(p.requires_grad)  # what FSDP does at its next unshard
             if self._hooked_on.get(id(p)) == id(t):
                 continue
             old = self._param_handles.pop(id(p), None)
@@ -246,13 +249,17 @@ class GradientNoiseScale:
 
     def _prepare_sharded(self) -> None:
         """FSDP2: make sure every unsharded parameter exists (one all-gather, before the first
-        forward pass reaches the inner modules) and carries the hook."""
+        forward pass reaches the inner modules) and carries the hook; again after a re-plan."""
+        key = tuple(p.requires_grad for p in self.module.parameters())
+        if self._sharded_ready == key:
+            return
         self.parallel.refresh()
         if self.parallel.missing_forward_tensors():
             with distributed.full_weights(self.module):
                 pass
             self.parallel.refresh()
         self._hook_params()
+        self._sharded_ready = None if self.parallel.missing_forward_tensors() else key
 
     def _reset_step(self) -> None:
         self._example_sq: dict[str, float] = {}  # group -> sum over examples of |g_i|^2
@@ -274,6 +281,8 @@ class GradientNoiseScale:
             return
         self._plan_sig = sig
         self._assign_groups()
+        if self.parallel.sharded:
+            self.parallel.refresh()
         self._hook_params()
         try:
             with suspend_trackers(), distributed.full_weights(self.module):
