@@ -39,6 +39,7 @@ PUBLIC_MODULES = (
     "foresight.integrations.lightning",
     "foresight.distributed",
     "foresight.cli",
+    "foresight.layers",
 )
 
 _REMOTE = re.compile(r"^\s*(?:https?:)?//", re.IGNORECASE)

@@ -164,7 +164,7 @@ def check_environment(python: pathlib.Path, venv: pathlib.Path, wheel: pathlib.P
                   "--format", "json"], cwd=tmp)
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["layers"][0]["inputs"] == 4
-    demo = run([str(script), "demo", "--epochs", "1", "--out", str(tmp / "demo")], cwd=tmp)
+    demo = run([str(script), "demo", "--steps", "1", "--out", str(tmp / "demo")], cwd=tmp)
     assert demo.returncode == 2
     (line,) = demo.stderr.strip().splitlines()
     assert line.startswith("foresight: error: ") and "optional package 'sklearn'" in line

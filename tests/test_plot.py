@@ -41,14 +41,51 @@ def test_columns_from_records_dataframe_and_dict():
 
 def test_ei_training_figure(tmp_path):
     fig = fplot.ei_training(records(), logx=True)
-    ei_ax, loss_ax = fig.axes
+    loss_ax, ei_ax = fig.axes
     assert ei_ax.get_ylabel() == "EI (bits)" and loss_ax.get_ylabel() == "loss"
     expected = [1.0 + 0.1 * e for e in range(6)]
-    assert list(ei_ax.get_lines()[0].get_ydata()) == pytest.approx(expected)
-    assert len(loss_ax.get_lines()) == 2
+    ei_line = next(ln for ln in ei_ax.get_lines() if ln.get_label() == "EI")
+    assert list(ei_line.get_ydata()) == pytest.approx(expected)
+    assert list(ei_line.get_xdata()) == [10.0 * e for e in range(6)]  # x defaults to "step"
+    assert ei_line.get_marker() == "o"  # every measurement is visible
+    assert {ln.get_label() for ln in loss_ax.get_lines()} >= {"train", "test"}
     assert ei_ax.get_xscale() == "symlog"
     fig.savefig(tmp_path / "ei.png")
     assert (tmp_path / "ei.png").stat().st_size > 1000
+
+
+def overfitting_records() -> list[dict]:
+    out = []
+    for s in range(0, 2001, 50):
+        test = 1.0 / (1 + s / 100) + 0.0004 * max(0, s - 600)  # minimum at step 600
+        out.append({"step": s, "ei": 1.0 + (0.3 if s == 50 else 0.0) + 0.0001 * s,
+                    "train_loss": 1.0 / (1 + s / 50), "test_loss": test,
+                    "train_accuracy": min(1.0, 0.1 + s / 500), "test_accuracy": 0.8})
+    return out
+
+
+def test_ei_training_panels_minimum_zoom_and_phases():
+    from foresight.demo import phases
+
+    recs = overfitting_records()
+    p = phases(recs)
+    fig = fplot.ei_training(recs, phases=p, zoom=300, title="t")
+    labels = [a.get_ylabel() for a in fig.axes]
+    assert labels == ["accuracy", "accuracy", "loss", "loss", "EI (bits)", "EI (bits)"]
+    best = min(recs, key=lambda r: r["test_loss"])["step"]
+    assert best == p["test_loss_min"]["step"]
+    for ax in fig.axes[0::2]:  # the whole-run column marks the test-loss minimum in every panel
+        vlines = [ln for ln in ax.get_lines() if ln.get_label() == "test-loss minimum"]
+        assert len(vlines) == 1 and list(vlines[0].get_xdata()) == [best, best]
+    zoom_ei = fig.axes[5]
+    assert max(next(ln for ln in zoom_ei.get_lines() if ln.get_label() == "EI").get_xdata()) <= 300
+    texts = " ".join(t.get_text() for a in fig.axes for t in a.texts)
+    assert "1 jump (step 50)" in texts and "2 decay (step 100)" in texts
+    assert "3 EI climbs" in texts and "test-loss minimum" in texts
+    legend = fig.axes[0].get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor() is not None  # above the panel
+    assert {t.get_text() for t in legend.get_texts()} >= {"train", "test", "EI",
+                                                          "test-loss minimum"}
 
 
 def test_ei_training_into_given_axes_and_missing_column():
@@ -56,8 +93,13 @@ def test_ei_training_into_given_axes_and_missing_column():
 
     fig, ax = plt.subplots()
     assert fplot.ei_training(records(), ax=ax, losses=()) is fig
+    fig, ax = plt.subplots()
+    assert fplot.ei_training(records(), ax=ax, x="epoch") is fig
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "loss"
     with pytest.raises(ValueError, match="'ei'"):
         fplot.ei_training([{"epoch": 0, "loss": 1.0}])
+    with pytest.raises(ValueError, match="zoom"):
+        fplot.ei_training(records(), zoom=-1)
 
 
 def test_dashboard_has_one_panel_per_metric_and_the_planes(tmp_path):

@@ -1,7 +1,8 @@
 """The ``foresight`` command.
 
-* ``foresight demo``: train the seed's single-layer digits classifier (and a small hidden-layer
-  network) while measuring every metric; write a CSV, a JSON summary and PNG figures.
+* ``foresight demo``: train the seed's single-layer digits classifier with mini-batch SGD (and a
+  small hidden-layer network) while measuring every metric; write a CSV, a JSON summary and PNG
+  figures.
 * ``foresight report MODULE:FACTORY --input-shape SHAPE``: the per-layer EI table of a model
   (``--arg NAME=VALUE`` for the factory, ``--seed``, ``--weights`` with ``--strip-prefix``,
   ``--device``, ``--strict``, ``--verbose``, ``--format table|json|csv``).
@@ -573,16 +574,30 @@ def format_report(result: Any, fmt: str, *, verbose: bool = False) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.n_train < 10:
-        raise UserError(f"--n-train must be at least 10, got {args.n_train}")
+    if args.epochs is not None:
+        raise UserError(
+            "--epochs was replaced by --steps: the demo now trains with mini-batch SGD for a "
+            "number of steps, as the seed did (default --steps 40000)"
+        )
+    for name in ("steps", "batch_size", "every"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 10 <= args.n_train <= 1700:
+        raise UserError(f"--n-train must be between 10 and 1700 (the digits data has 1,797 "
+                        f"images; the rest are the test set), got {args.n_train}")
+    if args.batch_size > args.n_train:
+        raise UserError(f"--batch-size ({args.batch_size}) must be at most --n-train "
+                        f"({args.n_train})")
+    if not (args.lr > 0 and args.lr < float("inf")):
+        raise UserError(f"--lr must be a positive number, got {args.lr}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out!r} exists and is not a directory")
     from foresight import demo
 
     result = demo.run(
-        out=args.out, epochs=args.epochs, seed=args.seed, n_train=args.n_train,
+        out=args.out, steps=args.steps, seed=args.seed, n_train=args.n_train,
+        batch_size=args.batch_size, lr=args.lr, every=args.every,
         hidden=not args.no_hidden, show_progress=not args.no_progress,
     )
     print(result.summary_table())
@@ -606,19 +621,29 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="train the seed's digits experiment and measure every metric",
         description=(
-            "Train a single-layer softmax classifier (the seed's headline experiment) and a small "
-            "hidden-layer network on scikit-learn's bundled 8x8 digits, recording effective "
-            "information, gradient noise scale, information plane and causal EI every epoch; write "
-            "a CSV, a JSON summary and PNG figures to --out."
+            "Train a single-layer softmax classifier (the seed's headline experiment) with "
+            "mini-batch SGD on scikit-learn's bundled 8x8 digits until it overfits, and a small "
+            "hidden-layer network alongside, recording effective information, accuracy, losses "
+            "and the gradient noise scale every --every steps (information plane and causal EI "
+            "of the hidden-layer network at log-spaced steps); write a CSV, a JSON summary and "
+            "PNG figures to --out."
         ),
     )
     demo.add_argument("--out", default="foresight-demo", help="output directory "
                       "(default: ./foresight-demo)")
-    demo.add_argument("--epochs", type=int, default=300, help="training epochs (default: 300)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--n-train", type=int, default=100,
-                      help="training examples, a small subset so that the model overfits "
+    demo.add_argument("--steps", type=int, default=40_000,
+                      help="SGD steps, i.e. mini-batches (default: 40000)")
+    demo.add_argument("--batch-size", type=int, default=32,
+                      help="examples per SGD step (default: 32)")
+    demo.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
+    demo.add_argument("--n-train", type=int, default=300,
+                      help="training examples, a small subset so that the model overfits; the "
+                      "rest of the 1,797 digits are the test set (default: 300)")
+    demo.add_argument("--every", type=int, default=100,
+                      help="measure every N steps, plus log-spaced steps before the first N "
                       "(default: 100)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     demo.add_argument("--no-hidden", action="store_true",
                       help="skip the hidden-layer network (no information plane or causal EI)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -80,8 +80,8 @@ def b_noise(
     from torch.func import functional_call, grad, vjp, vmap
 
     check_reduction(loss_reduction)
-    check_no_coupling(model)
     args = inputs if isinstance(inputs, tuple) else (inputs,)
+    check_no_coupling(model, args)
     batch = int(args[0].shape[0])
     if batch < 2:
         raise ValueError(f"b_noise needs a batch of at least 2 examples (got {batch})")

@@ -100,16 +100,27 @@ def coupling_error(where: list[str]) -> ValueError:
     )
 
 
-def check_no_coupling(model: nn.Module) -> None:
-    """Raise if a BatchNorm layer normalises with batch statistics (checked without a forward
-    pass; the discovery also finds any other coupling)."""
-    coupled = [
-        f"{name or type(model).__name__} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-    ]
-    if coupled:
-        raise coupling_error(coupled)
+def check_no_coupling(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Raise if the examples of a batch are not independent in ``model`` (BatchNorm in training
+    mode, or any other operation that mixes examples), as found by the plan."""
+    try:
+        plan = plan_for(model, args)
+    except DiscoveryError:
+        return  # reported by the caller's own forward pass
+    if plan.coupled:
+        raise coupling_error(plan.coupled)
+
+
+def check_materialized(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Raise if parameters or inputs live on the meta device (they have shapes but no values)."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta or any(isinstance(a, Tensor) and a.is_meta for a in args):
+        where = f"parameters {meta[:3]}{' ...' if len(meta) > 3 else ''}" if meta else "inputs"
+        raise ValueError(
+            f"the {where} are on the meta device: they have shapes but no values, so there are "
+            "no gradients to measure. Materialise the model first (model.to_empty(device=...) "
+            "then load or initialise the weights)."
+        )
 
 
 def _as_args(inputs: Inputs) -> tuple[Tensor, ...]:
@@ -174,6 +185,8 @@ def per_parameter_sq_norms(
     (['bias', 'weight'], (4,))
     """
     check_reduction(loss_reduction)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     args = _as_args(inputs)
@@ -183,14 +196,14 @@ def per_parameter_sq_norms(
             f"inputs must hold at least one example along dim 0, got shape {tuple(args[0].shape)}"
         )
     if torch.is_inference_mode_enabled():
-        raise RuntimeError(
+        raise ValueError(
             "per-example gradients need autograd, which torch.inference_mode() switches off; "
             "call this outside the inference_mode block"
         )
     params = trainable(model)
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True)")
-    check_no_coupling(model)
+    check_materialized(model, args)
     wanted = {n for n, _ in params}
     try:
         plan = plan_for(model, args)

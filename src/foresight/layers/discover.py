@@ -662,7 +662,9 @@ def _follow(plan: Plan, calls: list[_Call], use_of_call: dict[int, int],
         use = plan.uses[ui]
         tid = calls[ci].outs[use.out_index].tid
         for _ in range(8):
-            nxt = [c for c in consumers.get(tid, []) if c > ci]
+            nxt = [c for c in consumers.get(tid, []) if c > ci and not (
+                calls[c].name in _SHAPE_FUNCS and calls[c].outs and calls[c].outs[0].tid == tid
+            )]  # (a dropout with p=0 returns its input: look past it)
             if len(nxt) != 1:
                 break
             call = calls[nxt[0]]

@@ -4,7 +4,8 @@ Every function returns the :class:`matplotlib.figure.Figure` it drew, works head
 takes training histories as ``monitor.history``, a list of records, a ``pandas.DataFrame`` or a
 dict of columns. Functions are re-exported lazily from their topic modules:
 
-* :func:`ei_training` (:mod:`foresight.plot.ei`): the seed's figure, EI with train/test loss;
+* :func:`ei_training` (:mod:`foresight.plot.ei`): the seed's figure, accuracy, train/test loss
+  and EI against steps, the test-loss minimum and the phases marked;
 * :func:`training_dashboard` (:mod:`foresight.plot.dashboard`): one panel per measured quantity;
 * the metric-specific figures in :mod:`foresight.plot.gns` (``noise_scale_over_training``),
   :mod:`foresight.plot.ib` (``information_plane_plot``, ``mutual_information_curves``) and

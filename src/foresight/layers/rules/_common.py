@@ -31,6 +31,8 @@ def flat_batch(t: Tensor, layout: Layout, batch: int, trailing: int) -> Tensor:
     """``[B, N, *last trailing dims]``: every entry of an example that is not in the trailing dims
     counted as one of its N positions (the batch must not be among the trailing dims)."""
     c = canonical(t, layout, batch)
-    if trailing == 0:
-        return c.reshape(batch, -1)
-    return c.reshape(batch, -1, *c.shape[c.dim() - trailing :])
+    inner = c.shape[1 : c.dim() - trailing]
+    n = 1
+    for s in inner:
+        n *= int(s)
+    return c.reshape(batch, n, *c.shape[c.dim() - trailing :])
