@@ -17,7 +17,7 @@ parameter, as of the last step):
   parameters   with ``per_example=False``. A hook on the parameter sees each micro-batch's gradient
   before it is accumulated into ``.grad``; the big batch is the accumulated gradient. Needs >= 2
   micro-batches
-  per step (gradient accumulation, sizes may differ), or DDP.
+  per step (gradient accumulation, sizes may differ), or DDP/FSDP2.
 * **DDP** (``DistributedDataParallel``) and **FSDP2** (``fully_shard``): the rank's local
   gradient (the micro-batch sum, read by the parameter hook *before* DDP's all-reduce or FSDP's
   reduce-scatter; under FSDP2 the hook sits on the unsharded parameter the forward pass reads) is
@@ -110,7 +110,7 @@ class GradientNoiseScale:
         groups: optional ``{name: parameters}`` (e.g. the optimizer's parameter groups) for the
             per-group estimates; by default one group per layer.
         per_example: use per-example norms where the layer core can follow the parameter
-            (default); ``False`` uses the micro-batch/DDP estimator for every parameter.
+            (default); ``False`` uses the micro-batch/DDP/FSDP2 estimator for every parameter.
         every: measure on every ``every``-th step only (near-zero cost on the others).
         wrapper: the ``DistributedDataParallel`` wrapper around ``model`` when ``model`` is the
             module inside it (e.g. a LightningModule under ``strategy="ddp"``).
@@ -265,7 +265,7 @@ class GradientNoiseScale:
         self._example_sq: dict[str, float] = {}  # group -> sum over examples of |g_i|^2
         self._example_count = 0
         self._micro: dict[int, list[tuple[float, int]]] = {}  # param -> [(|c_k|^2, b_k)]
-        self._local_sq: dict[int, Tensor] = {}  # param -> |sum_k c_k|^2 so far (DDP)
+        self._local_sq: dict[int, Tensor] = {}  # param -> |sum_k c_k|^2 so far (DDP, FSDP2)
         self._micro_sizes: list[int] = []
         self._caps: list[tuple[Capture, int]] = []
         self._per_example_ids: set[int] = set()
@@ -650,7 +650,9 @@ class GradientNoiseScale:
         if abs(finger_sum - world * finger) > 0.5:
             raise distributed.DistributedError(
                 "GradientNoiseScale: the ranks measured different parameter groups this step "
-                "(the models or their frozen parameters differ between ranks)"
+                "(per-example planning failed on some ranks only, e.g. a forward pass that "
+                "depends on the data, or the trainable parameters differ between ranks); use "
+                "per_example=False, which measures every parameter the same way on every rank"
             )
         smalls = dict(zip(layout, out[4 : 4 + len(layout)]))
         bigs = dict(zip(layout, out[4 + len(layout):])) if sharded else big
