@@ -38,6 +38,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q $(CONSTRAINTS) -e '.[bench]'
 	-$(PIP) install -q --no-deps backpack-for-pytorch unfoldNd einops packaging
+	-$(PIP) install -q $(CONSTRAINTS) fast-histogram
+	-$(PIP) install -q --no-deps deep-ei
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 repro: $(STAMP)

@@ -9,6 +9,7 @@ least disturbed by other processes on a shared machine, and the ratio of medians
    the distances to all ``j`` vectorised, H(T) and each H(T|Y=y) computed separately;
 3. a KSG estimate (k=3) on N=10,000 with d_x = d_y = 5 (joint d = 10) -- reference: scikit-learn
    ``NearestNeighbors``/``KDTree`` with the Chebyshev metric (as ``mutual_info_regression`` does);
+   ``benchmarks/bench_ksg.py`` has the N = 2e3 ... 1e5 comparisons in one and four dimensions;
 4. peak memory (ru_maxrss growth in a fresh subprocess) of KDE and KSG for two N.
 
 Both sides run single-threaded (``torch.set_num_threads(1)``; numpy is single-threaded here),

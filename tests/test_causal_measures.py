@@ -15,6 +15,9 @@ from tests.reference import causal_reference as ref
 LN2 = math.log(2.0)
 
 
+#: Sample-limited estimates warn; tests that care check with pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:foresight.causal:RuntimeWarning")
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: on the shared 2-core test machine a second thread only waits."""
@@ -40,62 +43,86 @@ def linear(weight, bias=None, dtype=torch.float32) -> nn.Linear:
     return layer
 
 
-# ------------------------------------------------------------------ closed forms (default samples)
+# ------------------------------------------------------------------ closed forms
+EXACT = 1e-9  # exact (sample-free) values: rounding only
+
+
 @pytest.mark.parametrize(("n", "bins"), [(1, 8), (2, 8), (3, 16), (2, 64)])
 def test_identity_layer(n: int, bins: int) -> None:
     layer = linear(torch.eye(n))
     m = fc.layer_measures(layer, bins=bins, out_range=(0, 1), seed=n)
     exact = n * math.log2(bins)
-    # EI: plug-in entropy of b^n equiprobable states, biased down by about (b^n - 1)/(2 N ln 2)
+    # EI (sampled): plug-in entropy of b^n equiprobable states, biased down by (b^n - 1)/(2N ln 2)
     assert m.ei == pytest.approx(exact, abs=0.05 + (bins**n - 1) / (2 * m.samples_ei * LN2))
-    # EI_parts: the n diagonal pairs are exact copies; the n(n-1) others are independent
-    off = n * (n - 1)
-    assert m.ei_parts == pytest.approx(exact, abs=0.05 + pair_bias(off, bins, m.samples_ei_parts))
-    assert m.sensitivity == pytest.approx(exact, abs=0.05)  # off-diagonal outputs are constant
-    assert m.degeneracy == pytest.approx(0.0, abs=0.05 + pair_bias(off, bins, m.samples_ei_parts))
+    # EI_parts and sensitivity are exact: n copies of a b-bin uniform, the other pairs 0 bits
+    assert (m.method_ei_parts, m.method_sensitivity) == ("exact", "exact")
+    assert m.ei_parts == pytest.approx(exact, abs=EXACT)
+    assert m.sensitivity == pytest.approx(exact, abs=EXACT)
+    assert m.degeneracy == pytest.approx(0.0, abs=EXACT)
     assert m.converged and m.samples_ei >= fc.measures.START_SAMPLES
+    assert m.samples_ei_parts is None and m.samples_sensitivity is None
+    # sampled: the off-diagonal pairs are independent, biased up by about (b-1)^2/(2N ln 2)
+    s = fc.layer_measures(layer, bins=bins, out_range=(0, 1), seed=n, method="sampled")
+    off = n * (n - 1)
+    assert s.ei_parts == pytest.approx(exact, abs=0.05 + pair_bias(off, bins, s.samples_ei_parts))
+    assert s.sensitivity == pytest.approx(exact, abs=0.05)  # off-diagonal outputs are constant
+    # its bias estimate: the off-diagonal pairs' upward bias and the copies' downward one
+    copies = n * (bins - 1) / (2 * s.samples_ei_parts * LN2)
+    assert s.bias_ei_parts <= pair_bias(off, bins, s.samples_ei_parts) + copies + 1e-12
 
 
 @pytest.mark.parametrize(("k", "bins"), [(1, 16), (2, 16), (4, 16), (8, 64)])
 def test_single_edge_of_weight_one_over_k(k: int, bins: int) -> None:
     exact = math.log2(bins / k)
     one = linear([[1.0 / k]])
-    for f in (fc.layer_ei, fc.ei_parts, fc.sensitivity):
-        assert float(f(one, bins=bins, out_range=(0, 1), seed=1)) == pytest.approx(exact, abs=0.05)
+    assert float(fc.layer_ei(one, bins=bins, out_range=(0, 1), seed=1)) == pytest.approx(
+        exact, abs=0.05)
+    for method, tol in (("auto", EXACT), ("sampled", 0.05)):
+        for f in (fc.ei_parts, fc.sensitivity):
+            value = float(f(one, bins=bins, out_range=(0, 1), seed=1, method=method))
+            assert value == pytest.approx(exact, abs=tol)
     # the same edge inside a 3 -> 2 layer: the other outputs are constant (0 bits); the other
-    # inputs are independent of the one varying output (plug-in bias only)
+    # inputs are independent of the one varying output (plug-in bias only when sampled)
     w = torch.zeros(2, 3)
     w[1, 2] = 1.0 / k
     wide = linear(w)
-    parts = fc.ei_parts(wide, bins=bins, out_range=(0, 1), seed=2)
+    assert fc.ei_parts(wide, bins=bins, out_range=(0, 1)).value == pytest.approx(exact, abs=EXACT)
+    assert fc.sensitivity(wide, bins=bins, out_range=(0, 1)).value == pytest.approx(exact,
+                                                                                   abs=EXACT)
+    parts = fc.ei_parts(wide, bins=bins, out_range=(0, 1), seed=2, method="sampled")
     assert parts.value == pytest.approx(exact, abs=0.05 + pair_bias(2, bins, parts.samples))
-    sens = fc.sensitivity(wide, bins=bins, out_range=(0, 1), seed=2)
+    sens = fc.sensitivity(wide, bins=bins, out_range=(0, 1), seed=2, method="sampled")
     assert sens.value == pytest.approx(exact, abs=0.05)
 
 
+@pytest.mark.parametrize("method", ["auto", "sampled"])
 @pytest.mark.parametrize("activation", [None, nn.Sigmoid(), torch.tanh])
 @pytest.mark.parametrize("bias", [False, True])
-def test_zero_weights_carry_nothing(activation, bias: bool) -> None:
+def test_zero_weights_carry_nothing(activation, bias: bool, method: str) -> None:
     layer = linear(torch.zeros(3, 4), bias=[0.3, -1.0, 2.0] if bias else None)
-    m = fc.layer_measures(layer, activation=activation, seed=0)
+    m = fc.layer_measures(layer, activation=activation, seed=0, method=method)
     assert (m.ei, m.ei_parts, m.sensitivity, m.degeneracy) == (0.0, 0.0, 0.0, 0.0)
     assert m.samples_ei == fc.measures.START_SAMPLES * 2  # settled at the first doubling
+    assert m.converged and m.bias_ei == 0.0
 
 
+@pytest.mark.parametrize("method", ["auto", "sampled"])
 @pytest.mark.parametrize(("n_in", "n_out", "bins"), [(1, 1, 16), (2, 3, 16), (4, 2, 32)])
-def test_all_ones_sensitivity(n_in: int, n_out: int, bins: int) -> None:
+def test_all_ones_sensitivity(n_in: int, n_out: int, bins: int, method: str) -> None:
     layer = linear(torch.ones(n_out, n_in))
-    sens = fc.sensitivity(layer, bins=bins, out_range=(0, n_in), in_range=(0, n_in), seed=3)
+    sens = fc.sensitivity(layer, bins=bins, out_range=(0, n_in), in_range=(0, n_in), seed=3,
+                          method=method)
     # one input alone: every output equals it, binned over the same range
-    assert sens.value == pytest.approx(n_in * n_out * math.log2(bins), abs=0.05)
+    tol = EXACT if method == "auto" else 0.05
+    assert sens.value == pytest.approx(n_in * n_out * math.log2(bins), abs=tol)
 
 
 def test_all_ones_sensitivity_unit_ranges() -> None:
     layer = linear(torch.ones(3, 2))
-    sens = fc.sensitivity(layer, bins=16, out_range=(0, 1), seed=4)
-    assert sens.value == pytest.approx(2 * 3 * 4.0, abs=0.05)
+    sens = fc.sensitivity(layer, bins=16, out_range=(0, 1))
+    assert sens.value == pytest.approx(2 * 3 * 4.0, abs=EXACT)
     # the full perturbation sums the inputs: outputs reach 2, clipped into the last bin
-    parts = fc.ei_parts(layer, bins=16, out_range=(0, 1), seed=4)
+    parts = fc.ei_parts(layer, bins=16, out_range=(0, 1))
     assert parts.value < sens.value - 5
 
 
@@ -117,7 +144,7 @@ def test_matches_per_pair_reference(n_in, n_out, act, bias, in_range, out_range,
     with torch.no_grad():
         layer.weight.mul_(3.0)
     m = fc.layer_measures(layer, in_range=in_range, out_range=out_range, bins=bins,
-                          samples=3000, activation=act, seed=11)
+                          samples=3000, activation=act, seed=11, method="sampled")
     expected = ref.measures(layer, seed=11, samples=3000, bins=bins, in_range=in_range,
                             out_range=m.out_range, activation=act)
     for key, value in expected.items():
@@ -128,7 +155,8 @@ def test_reference_in_blocks_beyond_one_draw() -> None:
     torch.manual_seed(5)
     layer = nn.Linear(2, 2).double()
     n = fc.measures.DRAW_BLOCK + 1000
-    m = fc.layer_measures(layer, bins=8, samples=n, seed=2, activation=nn.Sigmoid())
+    m = fc.layer_measures(layer, bins=8, samples=n, seed=2, activation=nn.Sigmoid(),
+                          method="sampled")
     expected = ref.measures(layer, seed=2, samples=n, bins=8, in_range=(0, 1),
                             out_range=(0, 1), activation=nn.Sigmoid())
     for key, value in expected.items():
@@ -165,11 +193,13 @@ def test_conv_equals_linear_with_its_jacobian() -> None:
 
     jac = torch.autograd.functional.jacobian(f, flat)  # [n_out, n_in]
     dense = linear(jac, bias=f(flat).detach(), dtype=torch.float64)
-    kwargs = {"bins": 8, "samples": 2000, "seed": 5, "activation": nn.Sigmoid()}
-    a = fc.layer_measures(conv, input_shape=shape, **kwargs)
-    b = fc.layer_measures(dense, **kwargs)
-    for key in ("ei", "ei_parts", "sensitivity", "degeneracy"):
-        assert getattr(a, key) == pytest.approx(getattr(b, key), abs=1e-9), key
+    for method in ("auto", "sampled"):
+        kwargs = {"bins": 8, "samples": 2000, "seed": 5, "activation": nn.Sigmoid(),
+                  "method": method}
+        a = fc.layer_measures(conv, input_shape=shape, **kwargs)
+        b = fc.layer_measures(dense, **kwargs)
+        for key in ("ei", "ei_parts", "sensitivity", "degeneracy"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), abs=1e-9), key
 
 
 def test_conv_needs_input_shape() -> None:
@@ -180,62 +210,87 @@ def test_conv_needs_input_shape() -> None:
 # ------------------------------------------------------------------ samples, seeds, floats
 def test_reproducible_with_seed() -> None:
     layer = nn.Linear(4, 3)
-    a = fc.layer_measures(layer, activation=nn.Sigmoid(), bins=16, samples=2000, seed=7)
-    b = fc.layer_measures(layer, activation=nn.Sigmoid(), bins=16, samples=2000, seed=7)
-    c = fc.layer_measures(layer, activation=nn.Sigmoid(), bins=16, samples=2000, seed=8)
+    kw = {"activation": nn.Sigmoid(), "bins": 4, "samples": 2000, "method": "sampled"}
+    a = fc.layer_measures(layer, seed=7, **kw)
+    b = fc.layer_measures(layer, seed=7, **kw)
+    c = fc.layer_measures(layer, seed=8, **kw)
     assert a == b
-    assert a.ei_parts != c.ei_parts
+    assert a.ei_parts != c.ei_parts and a.ei != c.ei
+    # exact values do not depend on the seed at all
+    e7 = fc.layer_measures(layer, seed=7, activation=nn.Sigmoid(), bins=4, samples=2000)
+    e8 = fc.layer_measures(layer, seed=8, activation=nn.Sigmoid(), bins=4, samples=2000)
+    assert (e7.ei_parts, e7.sensitivity) == (e8.ei_parts, e8.sensitivity)
 
 
 def test_seed_none_follows_torch_manual_seed() -> None:
     layer = nn.Linear(3, 2)
     torch.manual_seed(1)
-    a = fc.ei_parts(layer, samples=500)
+    a = fc.ei_parts(layer, samples=500, method="sampled")
     torch.manual_seed(1)
-    b = fc.ei_parts(layer, samples=500)
+    b = fc.ei_parts(layer, samples=500, method="sampled")
     assert a == b
 
 
-def test_functions_agree_with_layer_measures() -> None:
+@pytest.mark.parametrize("method", ["auto", "sampled"])
+def test_functions_agree_with_layer_measures(method: str) -> None:
     layer = nn.Linear(3, 2)
-    kw = {"activation": nn.Tanh(), "bins": 16, "samples": 1500, "seed": 3}
-    m = fc.layer_measures(layer, **kw)
+    kw = {"activation": nn.Tanh(), "bins": 4, "samples": 1500, "seed": 3}
+    m = fc.layer_measures(layer, method=method, **kw)
     assert float(fc.layer_ei(layer, **kw)) == m.ei
-    assert float(fc.ei_parts(layer, **kw)) == m.ei_parts
-    assert float(fc.sensitivity(layer, **kw)) == m.sensitivity
-    d = fc.degeneracy(layer, **kw)
-    assert d.value == pytest.approx(m.degeneracy) and d.samples == 1500
+    assert float(fc.ei_parts(layer, method=method, **kw)) == m.ei_parts
+    assert float(fc.sensitivity(layer, method=method, **kw)) == m.sensitivity
+    d = fc.degeneracy(layer, method=method, **kw)
+    assert d.value == pytest.approx(m.degeneracy)
+    assert d.samples == (1500 if method == "sampled" else None)
+    assert d.method == ("sampled" if method == "sampled" else "exact")
     assert d.to_dict()["measure"] == "degeneracy"
 
 
 def test_adaptive_doubles_until_settled() -> None:
     layer = linear([[0.25]])
-    r = fc.ei_parts(layer, bins=16, out_range=(0, 1), seed=0)
+    r = fc.ei_parts(layer, bins=16, out_range=(0, 1), seed=0, method="sampled")
     k = math.log2(r.samples / fc.measures.START_SAMPLES)
-    assert r.converged and k >= 1 and k == int(k)
+    assert r.converged and k >= 1 and k == int(k) and r.limited_by is None
 
 
-def test_adaptive_gives_up_at_max_samples_with_warning() -> None:
-    # joint EI of 6 inputs x 64 bins keeps growing with N (nearly every input state is new)
+def test_adaptive_stops_early_when_more_samples_cannot_help() -> None:
+    # joint EI of 6 inputs x 64 bins: every sampled input state is new, and 64^6 states cannot
+    # be covered by max_samples, so doubling is pointless: stop at the first estimate
     torch.manual_seed(0)
     layer = nn.Linear(6, 6)
-    with pytest.warns(RuntimeWarning, match="did not settle"):
+    with pytest.warns(RuntimeWarning, match="limited by the sample count") as caught:
         r = fc.layer_ei(layer, tolerance=0.001, max_samples=20_000, seed=0)
-    assert not r.converged and r.samples == 20_000
+    assert not r.converged and r.limited_by == "samples" and r.samples == 10_000
+    assert "64^6" in r.note and "Linear 6->6" in str(caught[0].message)
 
 
-def test_fixed_samples_never_warn() -> None:
+def test_adaptive_gives_up_at_max_samples_when_still_changing() -> None:
+    # 2 inputs x 64 bins = 4096 states: coverable, but not within 1e-4 relative / 1e-3 bits
+    torch.manual_seed(0)
+    layer = nn.Linear(2, 2)
+    with pytest.warns(RuntimeWarning, match="limited by the sample count"):
+        r = fc.layer_ei(layer, tolerance=1e-4, atol=1e-3, max_samples=40_000, seed=0)
+    assert not r.converged and r.samples == 40_000 and r.limited_by == "samples"
+
+
+def test_fixed_samples_converged_unless_sample_limited() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        r = fc.layer_ei(nn.Linear(6, 6), samples=200, seed=0)
-    assert r.samples == 200 and r.converged
+        ok = fc.layer_ei(nn.Linear(2, 2), bins=4, samples=20_000, seed=0)
+    assert ok.samples == 20_000 and ok.converged and ok.limited_by is None
+    with pytest.warns(RuntimeWarning, match="within 1 bit of log2"):
+        bad = fc.layer_ei(nn.Linear(6, 6), samples=200, seed=0)
+    assert bad.samples == 200 and not bad.converged and bad.limited_by == "samples"
+    assert bad.value == pytest.approx(math.log2(200))  # every sample its own joint state
 
 
 def test_wide_joint_states_are_exact() -> None:
-    # 40 inputs x 64 bins = 240 bits per state: packed into several words, never collide
+    # 40 inputs x 4 bins = 80 bits per state: packed into several words, never collide
     layer = linear(torch.eye(40)[:2])
-    r = fc.layer_ei(layer, bins=4, out_range=(0, 1), samples=20000, seed=0)
+    with pytest.warns(RuntimeWarning, match="seen only"):  # every input state is new
+        r = fc.layer_ei(layer, bins=4, out_range=(0, 1), samples=20000, seed=0)
     assert r.value == pytest.approx(4.0, abs=0.01)  # two identity outputs of 4 bins
+    assert not r.converged  # right here, but the samples cannot show it
 
 
 # ------------------------------------------------------------------ errors
@@ -253,6 +308,8 @@ def test_wide_joint_states_are_exact() -> None:
         ({"samples": 0}, "samples"),
         ({"samples": 1.5}, "samples"),
         ({"tolerance": 0}, "tolerance"),
+        ({"atol": 0}, "atol"),
+        ({"atol": "x"}, "atol"),
         ({"max_samples": 10}, "max_samples"),
         ({"seed": "x"}, "seed"),
         ({"input_shape": (2, 2)}, "input_shape"),
@@ -262,6 +319,17 @@ def test_bad_arguments(kwargs, match) -> None:
     for f in (fc.layer_ei, fc.ei_parts, fc.sensitivity, fc.degeneracy, fc.layer_measures):
         with pytest.raises(ValueError, match=match):
             f(nn.Linear(3, 2), **kwargs)
+    if not {"out_range", "input_shape"} & set(kwargs):  # options report() takes too
+        with pytest.raises(ValueError, match=match):
+            fc.report(nn.Linear(3, 2), **kwargs)
+
+
+def test_bad_method() -> None:
+    for f in (fc.ei_parts, fc.sensitivity, fc.degeneracy, fc.layer_measures, fc.report):
+        with pytest.raises(ValueError, match="method"):
+            f(nn.Linear(3, 2), method="fast")
+    with pytest.raises(TypeError):
+        fc.layer_ei(nn.Linear(3, 2), method="exact")  # EI of the joint states is always sampled
 
 
 def test_bad_layer_and_activation() -> None:

@@ -53,7 +53,15 @@ def test_noise_scale_equals_sample_formulas_exactly():
     g2 = (b * gb - s) / (b - 1)
     assert est.trace_sigma == pytest.approx(tr, rel=1e-10)
     assert est.grad_sq_norm == pytest.approx(g2, rel=1e-10)
-    assert est.b_simple == pytest.approx(tr / g2, rel=1e-9)
+    # jackknife over 8 chunks (independent reference: tests/test_gns_uncertainty.py)
+    assert est.grad_sq_norm_se > 0 and est.trace_sigma_se > 0
+    if g2 > 2 * est.grad_sq_norm_se:
+        assert est.resolved and est.b_simple == pytest.approx(tr / g2, rel=1e-9)
+    else:
+        assert not est.resolved and math.isnan(est.b_simple)
+    one_pass = noise_scale(model, half_mse, x, y, se_chunks=1)  # no standard error: sign only
+    assert one_pass.b_simple == pytest.approx(tr / g2, rel=1e-9)
+    assert math.isnan(one_pass.grad_sq_norm_se)
     assert est.batch_size == 50
     assert isinstance(est, NoiseScale) and est.to_dict()["batch_size"] == 50
 

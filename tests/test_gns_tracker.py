@@ -120,7 +120,10 @@ def test_smoothing_is_ema_of_parts_with_bias_correction_and_keeps_negatives():
     corr = 1 - 0.9**5
     assert close(num / corr, est.trace_sigma)
     assert close(den / corr, est.grad_sq_norm)
-    assert close(num / den, est.b_simple)
+    if est.resolved:
+        assert close(num / den, est.b_simple)
+    else:  # never a negative batch size: nan with the reason
+        assert est.b_simple != est.b_simple and "resolved" in est.reason
     assert any(r.grad_sq_norm < 0 for r in raws)  # tiny batches: negative raw |G|^2 estimates
     gns.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,12 @@ from foresight.ib import entropy, mutual_information
 from foresight.ib.binning import bin_indices
 from foresight.ib.discrete import row_labels
 from tests.reference import mi_reference as ref
+
+#: I(X;T) at log2 N warns; tests that care check with pytest.warns.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:information_plane:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:foresight.ib:RuntimeWarning"),
+]
 
 
 def h2(p: float) -> float:
@@ -285,3 +292,72 @@ def test_ksg_correlated_gaussians(rho):
         b = rho * a + math.sqrt(1 - rho**2) * torch.randn(1000, 1, generator=g, dtype=torch.float64)
         estimates.append(mutual_information(a, b, method="ksg", k=3))
     assert np.mean(estimates) == pytest.approx(truth, abs=0.03)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(6, 300),
+    dx=st.integers(1, 3),
+    dy=st.integers(1, 2),
+    k=st.integers(1, 5),
+    ties=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_ksg_tree_and_brute_force_give_the_same_counts(n, dx, dy, k, ties, seed):
+    pytest.importorskip("scipy")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dx, generator=g, dtype=torch.float64)
+    y = x[:, :1] + torch.randn(n, dy, generator=g, dtype=torch.float64)
+    if ties:  # rounded values: many equal distances, the k-th neighbour on the boundary
+        x, y = (x * 4).round() / 4, (y * 4).round() / 4
+    tree = mutual_information(x, y, method="ksg", k=k, algorithm="tree")
+    brute = mutual_information(x, y, method="ksg", k=k, algorithm="brute")
+    assert tree == pytest.approx(brute, abs=1e-12)
+    assert tree == pytest.approx(ref.ksg_brute(x.numpy(), y.numpy(), k), abs=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 200), scale=st.sampled_from([1e-3, 1.0, 1e6]), seed=st.integers(0, 999))
+def test_count_within_1d_matches_brute_force(n, scale, seed):
+    from foresight.ib.ksg import count_within_1d
+
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.normal(size=n) * 8) / 8 * scale  # ties and exact boundaries
+    j = rng.integers(0, n, size=n)
+    eps = np.abs(x[j] - x)  # radii equal to some distance: the strict boundary matters
+    eps[rng.random(n) < 0.2] = 0.0
+    brute = (np.abs(x[None, :] - x[:, None]) < eps[:, None]).sum(1) - (eps > 0)
+    assert count_within_1d(x, eps).tolist() == brute.tolist()
+
+
+def test_ksg_bad_algorithm():
+    x = torch.randn(20, 1)
+    with pytest.raises(ValueError, match="algorithm"):
+        mutual_information(x, x, method="ksg", algorithm="fast")
+
+
+def test_plugin_estimates_at_log2_n_warn():
+    x = torch.arange(64)
+    with pytest.warns(RuntimeWarning, match="within 1 bit of log2"):
+        assert mutual_information(x, x, method="discrete") == pytest.approx(6.0)
+    t = torch.linspace(0, 1, 64).unsqueeze(1)
+    with pytest.warns(RuntimeWarning, match="limited by the sample count"):
+        mutual_information(t, t, bins=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mutual_information(x, x % 4, method="discrete") == pytest.approx(2.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 150), scale=st.sampled_from([1e-3, 1.0, 1e6]), seed=st.integers(0, 999))
+def test_count_within_2d_matches_brute_force(n, scale, seed):
+    from foresight.ib.ksg import count_within_2d
+
+    rng = np.random.default_rng(seed)
+    v = np.round(rng.normal(size=(n, 2)) * 4) / 4 * scale  # ties and exact boundaries
+    j = rng.integers(0, n, size=n)
+    eps = np.abs(v[j] - v).max(axis=1)
+    eps[rng.random(n) < 0.2] = 0.0
+    dist = np.abs(v[None, :, :] - v[:, None, :]).max(axis=2)
+    brute = (dist < eps[:, None]).sum(1) - (eps > 0)
+    assert count_within_2d(v, eps).tolist() == brute.tolist()

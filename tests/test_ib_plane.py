@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,12 @@ from foresight.ib.layers import default_layers
 from foresight.schedule import at, every
 from tests.reference import mi_reference as ref
 from tests.reference.model_state import assert_unchanged, snapshot
+
+#: I(X;T) at log2 N warns; tests that care check with pytest.warns.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:information_plane:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:foresight.ib:RuntimeWarning"),
+]
 
 WIDTHS = [12, 10, 7, 5, 4, 3, 2]
 
@@ -199,3 +206,19 @@ def test_tracker_follows_schedule_and_records():
     with pytest.raises(ValueError, match="supports method"):
         InformationPlaneTracker(net, x, y, method="discrete")
     assert every(1)(0)
+
+
+def test_saturated_i_xt_is_flagged_and_warned():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 1), nn.Tanh())
+    x = torch.rand(256, 12)
+    y = (x.sum(1) > 6).long()
+    with pytest.warns(RuntimeWarning, match=r"layer\(s\) \['1'\].*log2\(N\) = 8"):
+        plane = information_plane(net, x, y, bins=30, range=(-1, 1))
+    wide, narrow = plane["1"], plane["3"]
+    assert wide.i_xt == pytest.approx(8.0) and wide.limited_by == "samples"  # every sample apart
+    assert narrow.limited_by is None and narrow.i_xt <= 7.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        coarse = information_plane(net, x, y, bins=2, range=(-1, 1))
+    assert all(la.limited_by is None for la in coarse.layers)

@@ -168,7 +168,8 @@ def test_gradient_noise_scale_through_the_callback(tmp_path):
     watched = fit([callback], tmp_path / "watched", accumulate_grad_batches=2)
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
         assert torch.equal(a, b)
-    assert all("b_simple" in r and r["b_simple"] == r["b_simple"] for r in callback.history)
+    # b_simple is nan while |G|^2 is not resolved, never a negative batch size
+    assert all("b_simple" in r and not r["b_simple"] <= 0 for r in callback.history)
     assert all(len(m._forward_hooks) + len(m._backward_hooks) == 0 for m in watched.modules())
 
 

@@ -1,4 +1,10 @@
-"""A progress bar: tqdm when it is installed, otherwise a small bar drawn on stderr."""
+"""A progress bar: tqdm when it is installed, otherwise a small bar drawn on stderr.
+
+:func:`progress` wraps an iterable; :func:`bar` is a bar updated by hand (``update(n)``,
+``set_postfix``, ``close``). Both take ``enabled``: ``True`` draws at once (the command line),
+``False`` never, ``None`` (library calls) only once the work has lasted :data:`AUTO_DELAY`
+seconds, so quick calls stay quiet.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from foresight._optional import available
+
+#: Seconds of work after which an ``enabled=None`` bar appears.
+AUTO_DELAY = 2.0
 
 
 class SimpleBar:
@@ -30,6 +39,7 @@ class SimpleBar:
         file: TextIO | None = None,
         width: int = 30,
         min_interval: float = 0.1,
+        delay: float = 0.0,
     ) -> None:
         self.iterable = iterable
         self.total = total if total is not None else _len(iterable)
@@ -39,17 +49,29 @@ class SimpleBar:
         self.min_interval = min_interval
         self.postfix = ""
         self._last = -float("inf")
+        self._start = time.monotonic()
+        self.delay = delay
+        self.n = 0
+        self._shown = False
+        self._started = False
 
-    def set_postfix(self, values: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def set_postfix(
+        self, values: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any
+    ) -> None:
         """Show ``key=value`` pairs after the bar (same call as tqdm's)."""
         items = {**(values or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={_fmt(v)}" for k, v in items.items())
+        if refresh and self._started:
+            self._draw(self.n)  # redraw (rate-limited), as tqdm does
 
     def _draw(self, n: int, force: bool = False) -> None:
         now = time.monotonic()
+        if now - self._start < self.delay:
+            return
         if not force and now - self._last < self.min_interval:
             return
         self._last = now
+        self._shown = True
         if self.total:
             filled = round(self.width * n / self.total)
             bar = "#" * filled + "-" * (self.width - filled)
@@ -63,14 +85,50 @@ class SimpleBar:
 
     def __iter__(self) -> Iterator[Any]:
         n = 0
+        self._started = True
         self._draw(0, force=True)
         for item in self.iterable:
             yield item
             n += 1
+            self.n = n
             self._draw(n)
         self._draw(n, force=True)
-        self.file.write("\n")
-        self.file.flush()
+        if self._shown:
+            self.file.write("\n")
+            self.file.flush()
+
+    def update(self, n: int = 1) -> None:
+        """Advance a hand-driven bar by ``n``."""
+        self._started = True
+        self.n += n
+        self._draw(self.n)
+
+    def close(self) -> None:
+        """Finish a hand-driven bar (a newline if it was drawn)."""
+        self._draw(self.n, force=True)
+        if self._shown:
+            self.file.write("\n")
+            self.file.flush()
+
+
+def bar(
+    total: int | None = None, *, desc: str = "", enabled: bool | None = None, unit: str = "it"
+) -> Any:
+    """A bar driven by hand: ``update(n)``, ``set_postfix(...)``, ``close()``.
+
+    ``enabled=None`` shows it only after :data:`AUTO_DELAY` seconds of work; ``False`` never.
+
+    >>> b = bar(10, desc="quiet", enabled=False)
+    >>> b.update(3); b.close()
+    """
+    if enabled is False:
+        return _Silent(())
+    delay = AUTO_DELAY if enabled is None else 0.0
+    if available("tqdm"):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, file=sys.stderr, leave=True, delay=delay, unit=unit)
+    return SimpleBar((), total=total, desc=desc, delay=delay)
 
 
 def progress(
@@ -94,6 +152,12 @@ class _Silent:
         self.iterable = iterable
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def __iter__(self) -> Iterator[Any]:

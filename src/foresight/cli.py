@@ -6,6 +6,10 @@
 * ``foresight report MODULE:FACTORY --input-shape SHAPE``: the per-layer EI table of a model
   (``--arg NAME=VALUE`` for the factory, ``--seed``, ``--weights`` with ``--strip-prefix``,
   ``--device``, ``--strict``, ``--verbose``, ``--format table|json|csv``).
+* ``foresight causal MODULE:FACTORY``: the per-layer causal measures (EI, EI_parts, sensitivity,
+  degeneracy) of a feedforward model, with a progress bar and the sample-limited layers named.
+* ``foresight batch-size [MODULE:FACTORY --data MODULE:FACTORY]``: measure the critical batch
+  size (by default on the bundled digits task) beside the gradient noise scale.
 
 User errors (an unknown module, a bad shape, weights that do not fit, a missing file) print one
 line, ``foresight: error: ...``, on stderr and exit with status 2, without a traceback.
@@ -34,9 +38,9 @@ from typing import Any
 import foresight
 
 __all__ = [
-    "main", "build_parser", "parse_shape", "parse_factory_args", "load_factory", "build_model",
-    "load_weights", "format_report", "skipped_entries", "skipped_summary", "clean", "UserError",
-    "EXIT_USER_ERROR",
+    "main", "build_parser", "parse_shape", "parse_range", "parse_factory_args", "load_factory",
+    "build_model", "load_weights", "format_report", "format_causal", "skipped_entries",
+    "skipped_summary", "clean", "UserError", "EXIT_USER_ERROR",
 ]
 
 #: Exit status of a mistake in the command line or its inputs (one ``foresight: error:`` line).
@@ -570,6 +574,94 @@ def format_report(result: Any, fmt: str, *, verbose: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- causal ----------------------------------------------------------------------------------------
+
+
+def parse_range(text: str, name: str = "--in-range") -> tuple[float, float]:
+    """``"0,1"`` -> ``(0.0, 1.0)``: two finite numbers, low < high.
+
+    >>> parse_range("-1, 1")
+    (-1.0, 1.0)
+    """
+    parts = [p.strip() for p in text.strip().strip("()[]").split(",")]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        lo = hi = float("nan")
+    if not (lo < hi and abs(lo) < float("inf") and abs(hi) < float("inf")):
+        raise UserError(f"{name} {text!r} is not a range: give two numbers low,high with "
+                        "low < high, e.g. 0,1")
+    return lo, hi
+
+
+def run_causal(args: argparse.Namespace) -> int:
+    in_range = parse_range(args.in_range)
+    if args.bins < 2:
+        raise UserError(f"--bins must be at least 2, got {args.bins}")
+    if args.samples is not None and args.samples < 1:
+        raise UserError(f"--samples must be positive, got {args.samples}")
+    module_name, _ = _split_spec(args.model)
+    _add_cwd_to_path()
+    top = module_name.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise UserError(f"cannot import module {module_name!r} (No module named {top!r})")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UserError(f"weights file {args.weights!r} does not exist")
+    import foresight.causal as fc
+
+    model = build_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            rep = fc.report(model, in_range=in_range, bins=args.bins, samples=args.samples,
+                            seed=args.seed, method=args.method, progress=not args.no_progress)
+        except (ValueError, TypeError) as exc:
+            raise UserError(_one_line(exc)) from None
+    for message in dict.fromkeys(str(w.message) for w in caught
+                                 if issubclass(w.category, RuntimeWarning)):
+        print(f"foresight: warning: {message}", file=sys.stderr)
+    sys.stdout.write(format_causal(rep, args.format))
+    return 0
+
+
+def format_causal(rep: Any, fmt: str) -> str:
+    """A :class:`foresight.causal.CausalReport` as ``table``, ``json`` or ``csv`` text."""
+    data = rep.to_dict()
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    rows = data["layers"]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ";".join(v) if isinstance(v, list) and k == "unconverged" else v
+                             for k, v in row.items()})
+        return buffer.getvalue()
+    head = (f"{'layer':<12} {'type':<8} {'activation':<10} {'in->out':>9} {'EI':>9} "
+            f"{'EI_parts':>9} {'sens':>9} {'degen':>9} {'EI samples':>11}  pairwise")
+    lines = [f"causal measures (bits), {rows[0]['bins']} bins, seed {data['seed']}", head,
+             "-" * len(head)]
+    flagged = False
+    for r in rows:
+        mark = {m: "*" if m in r["unconverged"] else " " for m in ("ei", "ei_parts",
+                                                                    "sensitivity")}
+        flagged = flagged or bool(r["unconverged"])
+        method = ("exact" if r["method_ei_parts"] == r["method_sensitivity"] == "exact" else
+                  f"{r['method_ei_parts']}/{r['method_sensitivity']}")
+        samples = r["samples_ei"] if r["samples_ei"] is not None else "-"
+        lines.append(
+            f"{(r['name'] or '<model>'):<12} {r['layer']:<8} {r['activation']:<10} "
+            f"{str(r['n_in']) + '->' + str(r['n_out']):>9} {r['ei']:8.3f}{mark['ei']} "
+            f"{r['ei_parts']:8.3f}{mark['ei_parts']} {r['sensitivity']:8.3f}"
+            f"{mark['sensitivity']} {r['degeneracy']:9.3f} {samples:>11}  {method}")
+    if flagged:
+        lines.append("* limited by the sample count (converged=False): see the warnings above")
+    return "\n".join(lines) + "\n"
+
+
 # -- demo ------------------------------------------------------------------------------------------
 
 
@@ -609,7 +701,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``foresight`` argument parser (subcommands ``demo`` and ``report``)."""
+    """The ``foresight`` argument parser (subcommands ``demo``, ``report`` and ``causal``)."""
     parser = _Parser(
         prog="foresight",
         description="Measurements of what happens inside a neural network as it trains.",
@@ -689,6 +781,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--verbose", "-v", action="store_true",
                         help="list every layer left out of EI, with the reason")
     report.set_defaults(func=run_report)
+
+    causal = sub.add_parser(
+        "causal",
+        help="per-layer causal measures (EI, EI_parts, sensitivity, degeneracy) of a model",
+        description=(
+            "Build a feedforward model by calling FACTORY() from an importable MODULE, optionally "
+            "load weights, and print each weight layer's perturbational EI, EI_parts, sensitivity "
+            "and degeneracy (Marrow, Michaud & Hoel 2020). EI_parts and sensitivity are exact for "
+            "monotone activations; EI is sampled, and sample-limited values are marked."
+        ),
+    )
+    causal.add_argument("model", metavar="MODULE:FACTORY",
+                        help="e.g. mypackage.nets:build (a model of Linear/Conv layers)")
+    causal.add_argument("--weights", metavar="FILE",
+                        help="a state dict (or a checkpoint with one), loaded with "
+                        "torch.load(weights_only=True)")
+    causal.add_argument("--bins", type=int, default=64, help="bins per neuron (default: 64)")
+    causal.add_argument("--samples", type=int, default=None,
+                        help="samples per sampled measure (default: adaptive, doubling from "
+                        "10,000 until settled)")
+    causal.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    causal.add_argument("--in-range", default="0,1", metavar="LOW,HIGH",
+                        help="input range of the first layer (default: 0,1)")
+    causal.add_argument("--method", choices=("auto", "exact", "sampled"), default="auto",
+                        help="EI_parts and sensitivity: exact where the activation allows "
+                        "(auto, the default), exact only, or sampled")
+    causal.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="output format (default: table)")
+    causal.add_argument("--no-progress", action="store_true", help="no progress bar")
+    causal.set_defaults(func=run_causal)
+    from foresight.cli_batch_size import add_parser as add_batch_size
+
+    add_batch_size(sub)
     return parser
 
 

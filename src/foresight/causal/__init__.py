@@ -8,9 +8,11 @@ definitions and the exact estimator, :func:`report` for a whole network.
 >>> import torch
 >>> import foresight.causal as fc
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2))
->>> rep = fc.report(net, samples=2000, seed=0)
->>> [row.name for row in rep.layers], rep.layers[0].activation
-(['0', '2'], 'Sigmoid')
+>>> rep = fc.report(net, bins=8, samples=100_000, seed=0)
+>>> [row.name for row in rep.layers], rep.layers[0].activation, rep.layers[0].method_ei_parts
+(['0', '2'], 'Sigmoid', 'exact')
+>>> rep.converged  # 8^4 joint input states: 10^5 samples cover them
+True
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from foresight.causal.measures import (
     layer_measures,
     sensitivity,
 )
-from foresight.causal.report import RECORD_KEYS, CausalReport, CausalRow, report
+from foresight.causal.report import CONVERGED_KEYS, RECORD_KEYS, CausalReport, CausalRow, report
 from foresight.causal.tracker import CausalTracker
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "CausalRow",
     "CausalTracker",
     "CausalValue",
+    "CONVERGED_KEYS",
     "LayerCausal",
     "RECORD_KEYS",
     "affine_map",

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from foresight._guard import preserved
+from foresight._progress import bar as progress_bar
 from foresight._result import Result
 from foresight.causal.activations import (
     ACTIVATION_TYPES,
@@ -31,11 +32,20 @@ from foresight.causal.activations import (
     Activation,
     activation_name,
 )
-from foresight.causal.affine import affine_map, is_weight_layer
-from foresight.causal.measures import MAX_SAMPLES, Range, _resolve_seed, layer_measures
+from foresight.causal.affine import is_weight_layer
+from foresight.causal.measures import (
+    ATOL,
+    MAX_SAMPLES,
+    Range,
+    _check_options,
+    _layer_causal,
+    _options,
+    _resolve_seed,
+    _setup,
+)
 from foresight.distributed import full_weights, shared
 
-__all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "report", "weight_layers"]
+__all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "CONVERGED_KEYS", "report", "weight_layers"]
 
 #: Row attribute -> key prefix in flat records (``monitor.history``, ``CausalReport.record()``).
 RECORD_KEYS = {
@@ -45,6 +55,15 @@ RECORD_KEYS = {
     "degeneracy": "causal_degeneracy",
 }
 
+#: Measure -> key prefix of its convergence flag in flat records (``bool`` values, so plots of
+#: numeric columns pass over them): ``causal_ei_converged/<layer>``, ... Degeneracy has no flag
+#: of its own: it is converged when EI_parts and sensitivity are.
+CONVERGED_KEYS = {
+    "ei": "causal_ei_converged",
+    "ei_parts": "ei_parts_converged",
+    "sensitivity": "sensitivity_converged",
+}
+
 _NORM_TYPES: tuple[type, ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
 )
@@ -52,7 +71,12 @@ _NORM_TYPES: tuple[type, ...] = (
 
 @dataclass
 class CausalRow(Result):
-    """The causal measures of one layer (bits)."""
+    """The causal measures of one layer (bits).
+
+    ``samples_*`` are ``None`` for exact values (``method_*`` says which); ``converged`` is
+    true when every measure is; ``unconverged`` names the ones that are not and ``limited_by``
+    is then ``"samples"``; ``bias_*`` are the estimated plug-in biases of sampled values.
+    """
 
     name: str
     layer: str
@@ -70,6 +94,13 @@ class CausalRow(Result):
     in_range: Range
     out_range: Range
     converged: bool
+    method_ei_parts: str = "sampled"
+    method_sensitivity: str = "sampled"
+    limited_by: str | None = None
+    unconverged: tuple[str, ...] = field(default_factory=tuple)
+    bias_ei: float = 0.0
+    bias_ei_parts: float = 0.0
+    bias_sensitivity: float = 0.0
 
 
 @dataclass
@@ -79,14 +110,22 @@ class CausalReport(Result):
     layers: list[CausalRow] = field(default_factory=list)
     seed: int = 0
 
-    def record(self) -> dict[str, float]:
+    @property
+    def converged(self) -> bool:
+        """Whether every measure of every layer converged."""
+        return all(r.converged for r in self.layers)
+
+    def record(self) -> dict[str, float | bool]:
         """Flat ``{key/layer: bits}``, the keys :class:`foresight.monitor.CausalEI` records:
         ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>``,
-        ``causal_degeneracy/<layer>``."""
-        out: dict[str, float] = {}
+        ``causal_degeneracy/<layer>``, and the flags (``bool``) ``causal_ei_converged/<layer>``,
+        ``ei_parts_converged/<layer>``, ``sensitivity_converged/<layer>``."""
+        out: dict[str, float | bool] = {}
         for r in self.layers:
             for attr, key in RECORD_KEYS.items():
                 out[f"{key}/{r.name}"] = float(getattr(r, attr))
+            for measure, key in CONVERGED_KEYS.items():
+                out[f"{key}/{r.name}"] = measure not in r.unconverged
         return out
 
     def row(self, name: str) -> CausalRow:
@@ -156,31 +195,41 @@ def report(
     max_samples: int = MAX_SAMPLES,
     activations: Mapping[str, Activation] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    atol: float = ATOL,
+    method: str = "auto",
+    progress: bool | None = None,
 ) -> CausalReport:
     """EI, EI_parts, sensitivity and degeneracy of every weight layer of ``model``.
 
     Args:
         model: a feedforward network (``nn.Sequential`` or a simple module tree). Left untouched.
         in_range: the input range of the first weight layer.
-        bins, samples, seed, tolerance, max_samples: as in :func:`~foresight.causal.layer_ei`
-            (every layer uses the same ``seed``; ``None`` draws one, reported in ``seed``).
+        bins, samples, seed, tolerance, max_samples, atol, method: as in
+            :func:`~foresight.causal.ei_parts` (every layer uses the same ``seed``; ``None``
+            draws one, reported in ``seed``).
         activations: ``{layer name: activation}`` overriding the detected ones.
         input_shapes: ``{layer name: input shape}`` for convolutions (default: one receptive
             field).
+        progress: a bar over the layers on stderr: ``None`` (default) only once the work has
+            taken a few seconds, ``True`` always, ``False`` never.
 
     Returns:
-        A :class:`CausalReport` (``to_dict()``, ``to_dataframe()``).
+        A :class:`CausalReport` (``to_dict()``, ``to_dataframe()``). A layer whose sampled EI
+        (or sampled pairwise measure) is limited by the sample count gets ``converged=False``
+        and one ``RuntimeWarning`` naming it.
 
     Example:
         >>> import torch
         >>> net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Sigmoid())
-        >>> r = report(net, samples=4000, seed=1)
-        >>> r.layers[0].out_range, r.layers[0].samples_ei
-        ((0.0, 1.0), 4000)
+        >>> r = report(net, bins=8, samples=20000, seed=1)
+        >>> r.layers[0].out_range, r.layers[0].samples_ei, r.layers[0].method_ei_parts
+        ((0.0, 1.0), 20000, 'exact')
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_options(bins, samples, tolerance, max_samples, atol, method)
     seed = shared(model, _resolve_seed(seed))  # rank 0's seed on every rank of a sharded model
+    options = _options(samples, seed, tolerance, atol, max_samples, method, False)
     shapes = dict(input_shapes or {})
     rows: list[CausalRow] = []
     with full_weights(model), preserved(model):
@@ -192,27 +241,32 @@ def report(
         if unknown:
             raise ValueError(f"input_shapes names unknown weight layers {sorted(unknown)}")
         current: Range = in_range
-        for name, layer, act in layers:
-            shape = _input_shape(layer, shapes.get(name))
-            m = layer_measures(
-                layer, input_shape=shape, in_range=current,
-                bins=bins, samples=samples, activation=act, seed=seed, tolerance=tolerance,
-                max_samples=max_samples,
-            )
-            rows.append(_row(name, layer, act, shape, m))
-            current = m.out_range
-    return CausalReport(layers=rows, seed=seed)
+        bar = progress_bar(len(layers), desc="causal report", enabled=progress, unit="layer")
+        try:
+            for name, layer, act in layers:
+                shape = _input_shape(layer, shapes.get(name))
+                bar.set_postfix({"layer": name or "<model>"}, refresh=False)
+                setup = _setup(layer, shape, current, None, bins, act)
+                label = (f"layer {name!r} ({type(layer).__name__} "
+                         f"{setup.n_in}->{setup.n_out})")
+                m = _layer_causal(setup, options, label, 3)
+                rows.append(_row(name, layer, act, setup.n_in, setup.n_out, m))
+                current = m.out_range
+                bar.update(1)
+        finally:
+            bar.close()
+    return CausalReport(layers=rows, seed=options.seed)
 
 
-def _row(
-    name: str, layer: nn.Module, act: Activation, shape: Sequence[int] | None, m: Any
-) -> CausalRow:
-    w, _, _ = affine_map(layer, shape)
-    n_in, n_out = w.shape
+def _row(name: str, layer: nn.Module, act: Activation, n_in: int, n_out: int, m: Any
+         ) -> CausalRow:
     return CausalRow(
         name=name, layer=type(layer).__name__, activation=activation_name(act),
         n_in=int(n_in), n_out=int(n_out), ei=m.ei, ei_parts=m.ei_parts,
         sensitivity=m.sensitivity, degeneracy=m.degeneracy, samples_ei=m.samples_ei,
         samples_ei_parts=m.samples_ei_parts, samples_sensitivity=m.samples_sensitivity,
         bins=m.bins, in_range=m.in_range, out_range=m.out_range, converged=m.converged,
+        method_ei_parts=m.method_ei_parts, method_sensitivity=m.method_sensitivity,
+        limited_by=m.limited_by, unconverged=m.unconverged, bias_ei=m.bias_ei,
+        bias_ei_parts=m.bias_ei_parts, bias_sensitivity=m.bias_sensitivity,
     )

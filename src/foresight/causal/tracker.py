@@ -25,11 +25,13 @@ class CausalTracker:
     Example:
         >>> import torch
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.Sigmoid())
-        >>> tracker = CausalTracker(net, bins=8, samples=500)
+        >>> tracker = CausalTracker(net, bins=8, samples=20000)
         >>> for epoch in range(3):
         ...     _ = tracker.step(epoch, loss=1.0 / (epoch + 1))
-        >>> sorted(tracker.history[0])
+        >>> sorted(k for k in tracker.history[0] if not k.endswith("converged/0"))
         ['causal_degeneracy/0', 'causal_ei/0', 'ei_parts/0', 'epoch', 'loss', 'sensitivity/0']
+        >>> tracker.history[0]["causal_ei_converged/0"], tracker.history[0]["ei_parts_converged/0"]
+        (True, True)
     """
 
     def __init__(
@@ -48,7 +50,7 @@ class CausalTracker:
         self.model = model
         self.when = when if when is not None else log_spaced(dense_until=10, per_decade=10)
         self.key = key
-        self.options = dict(report_options, seed=seed)
+        self.options = {"progress": False, **report_options, "seed": seed}
         self.history: list[dict[str, float]] = []
         self.reports: list[tuple[int, CausalReport]] = []
 

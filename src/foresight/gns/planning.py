@@ -64,9 +64,25 @@ def suggested_batch_size(estimate: object, *, multiple_of: int = 1) -> int:
     :class:`~foresight.gns.NoiseScale`, e.g. from :class:`~foresight.gns.GradientNoiseScale`).
     At this batch size, steps and examples are both twice their minimum (the paper's compromise).
 
+    Raises:
+        ValueError: the estimate is unresolved (``resolved`` false: :math:`|G|^2` is not
+            distinguished from zero, the message gives the reason and any lower bound), or not a
+            positive finite number, or ``multiple_of < 1``.
+
     >>> suggested_batch_size(900.0, multiple_of=64)
     896
     """
+    if getattr(estimate, "resolved", True) is False:
+        lower = float(getattr(estimate, "b_simple_lower", math.nan))
+        hint = (
+            f"; the data only say B_simple >= {lower:.4g}" if math.isfinite(lower) else ""
+        )
+        raise ValueError(
+            "suggested_batch_size: the noise-scale estimate is unresolved, so it does not give a "
+            f"batch size ({getattr(estimate, 'reason', '') or 'no reason given'}){hint}. Smooth "
+            "over more steps (larger beta), measure on a larger batch, or wait until the "
+            "gradient is resolved."
+        )
     value = float(getattr(estimate, "b_simple", estimate))
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(

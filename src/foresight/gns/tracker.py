@@ -59,6 +59,16 @@ averaged separately with an exponential moving average with bias correction,
 negative raw estimates are kept (clipping them would bias the average), steps with a non-finite
 value (e.g. a loss-scaler overflow) are skipped. The totals add the groups estimated at the latest
 measured step (a layer frozen since then drops out of them).
+
+Standard errors: the per-step variance :math:`s^2` of the raw estimates (and their covariance)
+is tracked with the same exponential weights (:func:`~foresight.gns.estimators.moments_update`),
+and the smoothed value's standard error is :math:`\\hat s\\,(\\sum_i w_i^2)^{1/2}` with
+:math:`w_i` the EMA weights (:func:`~foresight.gns.estimators.moments_se`). The raw estimates in
+the window are treated as independent around one mean, so a trend inside the window makes the
+standard error larger, not smaller. With one smoothed step, or ``beta=0``, there is no standard
+error and the estimate is *unresolved*; so is every estimate whose :math:`|G|^2` is not two
+standard errors above zero: ``b_simple`` is then ``nan``, ``reason`` says why and
+``b_simple_lower`` holds a lower bound when one exists.
 """
 
 from __future__ import annotations
@@ -74,7 +84,16 @@ import torch
 from torch import Tensor, nn
 
 from foresight import distributed
-from foresight.gns.estimators import NoiseScale, _unbiased, layer_name, ratio
+from foresight.gns.estimators import (
+    NoiseScale,
+    _unbiased,
+    layer_entry,
+    layer_name,
+    moments_new,
+    moments_se,
+    moments_update,
+    ratio,
+)
 from foresight.gns.per_example import check_reduction, suspend_trackers, trackers_suspended
 from foresight.layers.capture import Capture
 from foresight.layers.discover import DiscoveryError, batch_inputs, discover, signature
@@ -192,6 +211,8 @@ class GradientNoiseScale:
         self.steps = 0
         self.skipped = 0
         self._ema = {g: [0.0, 0.0, 0] for g in self.group_names}  # |G|^2, tr(Sigma), updates
+        self._moments = {g: moments_new() for g in self.group_names}  # spread of the raw values
+        self._moments_total = moments_new()
         self._last_groups: list[str] = []
         self._last_batch = 0
         self.last_raw: NoiseScale | None = None
@@ -218,6 +239,7 @@ class GradientNoiseScale:
                 self.group_names.append(g)
                 if hasattr(self, "_ema"):
                     self._ema.setdefault(g, [0.0, 0.0, 0])
+                    self._moments.setdefault(g, moments_new())
 
     def _install(self) -> None:
         root = self.module
@@ -244,7 +266,7 @@ class GradientNoiseScale:
             old = self._param_handles.pop(id(p), None)
             if old is not None:
                 old.remove()
-            self._param_handles[id(p)] = t.register_hook(_eager(self._param_hook(name, p)))
+            self._param_handles[id(p)] = t.register_hook(self._param_hook(name, p))
             self._hooked_on[id(p)] = id(t)
 
     def _prepare_sharded(self) -> None:
@@ -291,12 +313,11 @@ class GradientNoiseScale:
         except DiscoveryError as exc:
             self._plan, self._plan_error = None, str(exc)
 
-    def _per_example_names(self) -> set[str]:
+    def _per_example_names(self, named: dict[str, nn.Parameter]) -> set[str]:
         """Trainable parameters whose per-example norms the current plan can deliver."""
         plan = self._plan
         if plan is None or not self.per_example or plan.coupled:
             return set()
-        named = self._named()
         return {
             n for n in plan.params
             if n in named and named[n].requires_grad and n not in plan.unseen
@@ -327,12 +348,12 @@ class GradientNoiseScale:
         if not self.per_example or self.compiled:
             return "count"
         self._replan(args, kwargs)
-        wanted = self._per_example_names()
+        named = self._named()
+        wanted = self._per_example_names(named)
         if not wanted:
             return "count"
         cap = Capture(self._plan, module, self._fw_batch, wanted,
                       tensors=self.parallel.forward_tensors())
-        named = self._named()
         self._pe_now = {id(named[n]) for n in wanted}
         cap.__enter__()
         self._active = cap
@@ -434,6 +455,11 @@ class GradientNoiseScale:
                     ema[0] = self.beta * ema[0] + (1 - self.beta) * lay["grad_sq_norm"]
                     ema[1] = self.beta * ema[1] + (1 - self.beta) * lay["trace_sigma"]
                     ema[2] += 1
+                    moments_update(
+                        self._moments.setdefault(lay["name"], moments_new()),
+                        lay["grad_sq_norm"], lay["trace_sigma"], self.beta,
+                    )
+                moments_update(self._moments_total, raw.grad_sq_norm, raw.trace_sigma, self.beta)
             else:
                 self.skipped += 1
         else:
@@ -446,10 +472,11 @@ class GradientNoiseScale:
         self._pe_now = set()
         self._reset_step()
 
-    def _collect_examples(self, loss_scale: float, b_local: int) -> None:
+    def _collect_examples(self, loss_scale: float, b_local: int, named: dict) -> None:
         """Sum the captured per-example squared norms of the step into ``_example_sq``."""
         alpha = 1.0 / b_local if self.loss_reduction == "mean" else 1.0
-        named = self._named()
+        keys: list[str] = []
+        sums: list[Tensor] = []
         for cap, _ in self._caps:
             norms = cap.finish()
             if cap.errors:
@@ -458,11 +485,14 @@ class GradientNoiseScale:
                 p = named.get(n)
                 if p is None:
                     continue
-                g = self._group_of.get(id(p), layer_name(n))
-                self._example_sq[g] = self._example_sq.get(g, 0.0) + float(
-                    v.double().sum()
-                ) / (alpha**2) / loss_scale**2
+                keys.append(self._group_of.get(id(p), layer_name(n)))
+                sums.append(v.sum(dtype=torch.float64))
                 self._per_example_ids.add(id(p))
+        if not sums:
+            return
+        scale = 1.0 / (alpha**2) / loss_scale**2
+        for g, v in zip(keys, torch.stack(sums).tolist()):  # one device-to-host copy
+            self._example_sq[g] = self._example_sq.get(g, 0.0) + v * scale
 
     def _raw_estimate(self, loss_scale: float) -> NoiseScale | None:
         sizes = self._micro_sizes
@@ -478,7 +508,7 @@ class GradientNoiseScale:
             )
         n_micro = len(sizes)
         b_local = sum(sizes)
-        problem = self._local_problem(loss_scale, b_local, trainable)
+        problem = self._local_problem(loss_scale, b_local, trainable, named)
         if problem is not None and not collective:
             return None
         world = self.parallel.world if collective else 1
@@ -488,13 +518,13 @@ class GradientNoiseScale:
         # the step's local sums per (group, kind): |.grad|^2 (local shard under FSDP2) and the
         # small-batch value (per-example: sum over examples; micro-batch: |G_rank|^2)
         big: dict[tuple[str, str], float] = {}
-        for p in trainable.values():
-            if id(p) not in kind_of:
-                continue
-            key = (self._group_of[id(p)], kind_of[id(p)])
-            g = p.grad
-            big[key] = big.get(key, 0.0) + (float(_sq(distributed.local(g))) if g is not None
-                                            else 0.0)
+        measured = [p for p in trainable.values() if id(p) in kind_of]
+        with_grad = [p for p in measured if p.grad is not None]
+        for p in measured:
+            big.setdefault((self._group_of[id(p)], kind_of[id(p)]), 0.0)
+        grads = [distributed.local(p.grad) for p in with_grad]
+        for p, v in zip(with_grad, _sq_norms(grads)):
+            big[(self._group_of[id(p)], kind_of[id(p)])] += v
         present = list(dict.fromkeys((self._group_of[pid], k) for pid, k in kind_of.items()))
         small: dict[tuple[str, str], float] = {}
         for key in present:
@@ -555,7 +585,7 @@ class GradientNoiseScale:
         return NoiseScale.from_parts(g_total, tr_total, int(round(b_big)), layers)
 
     def _local_problem(self, loss_scale: float, b_local: int,
-                       trainable: dict[str, nn.Parameter]) -> str | None:
+                       trainable: dict[str, nn.Parameter], named: dict) -> str | None:
         """Why this rank cannot measure this step (``None``: it can); sets the coverage then."""
         problem = None
         if not self._micro_sizes:
@@ -566,7 +596,7 @@ class GradientNoiseScale:
                             + problem + ". The model is planned again.")
         else:
             try:
-                self._collect_examples(loss_scale, b_local)
+                self._collect_examples(loss_scale, b_local, named)
             except _CaptureFailed as exc:
                 problem = f"per-example capture failed ({exc})"
                 self._warn_once("capture",
@@ -705,7 +735,8 @@ class GradientNoiseScale:
     def estimate(self, batch_size: int = 0) -> NoiseScale:
         """The current smoothed estimate: bias-corrected EMAs
         :math:`m_n / (1 - \\beta^n)` of each group's parts, summed over the groups estimated at
-        the latest measured step (``nan`` before the first step)."""
+        the latest measured step (``nan`` before the first step). Standard errors as in the
+        module documentation; ``b_simple`` is ``nan`` unless :math:`|G|^2` is resolved."""
         layers, g_total, tr_total = [], 0.0, 0.0
         for gname in self._last_groups:
             m_g, m_tr, n = self._ema[gname]
@@ -715,10 +746,15 @@ class GradientNoiseScale:
             g2, tr = m_g / corr, m_tr / corr
             g_total += g2
             tr_total += tr
-            layers.append(dict(name=gname, b_simple=ratio(tr, g2), trace_sigma=tr, grad_sq_norm=g2))
+            se = moments_se(self._moments[gname], self.beta, n)
+            layers.append(layer_entry(gname, g2, tr, *se, require_se=True))
         if not layers:
             g_total = tr_total = math.nan
-        return NoiseScale.from_parts(g_total, tr_total, batch_size, layers)
+        g_se, tr_se, cov = moments_se(self._moments_total, self.beta, self.steps)
+        return NoiseScale.from_parts(
+            g_total, tr_total, batch_size, layers,
+            grad_sq_norm_se=g_se, trace_sigma_se=tr_se, covariance=cov, require_se=True,
+        )
 
     # ------------------------------------------------------------------ state / lifetime
 
@@ -730,6 +766,9 @@ class GradientNoiseScale:
             "skipped": self.skipped,
             "ema": {g: list(v) for g, v in self._ema.items()},  # [m_G, m_Sigma, n_updates]
             "last_groups": list(self._last_groups),
+            # exponentially weighted spread of the raw estimates (see moments_update)
+            "moments": {g: list(v) for g, v in self._moments.items()},
+            "moments_total": list(self._moments_total),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -743,6 +782,13 @@ class GradientNoiseScale:
         self._ema = {g: [float(a), float(b), int(n)] for g, (a, b, n) in state["ema"].items()}
         self._last_groups = list(state.get("last_groups", [g for g, v in self._ema.items()
                                                            if v[2] > 0]))
+        # states saved before standard errors existed: the spread restarts from here
+        moments = state.get("moments") or {}
+        self._moments = {
+            g: [float(v) for v in moments[g]] if g in moments else moments_new() for g in self._ema
+        }
+        total = state.get("moments_total")
+        self._moments_total = [float(v) for v in total] if total else moments_new()
 
     def close(self) -> None:
         """Remove every hook from the model (hooks on live autograd graphs become no-ops)."""
@@ -768,6 +814,17 @@ class GradientNoiseScale:
 
 class _CaptureFailed(RuntimeError):
     pass
+
+
+def _sq_norms(tensors: list[Tensor]) -> list[float]:
+    """Squared norms (float64 values) of many tensors, with one device-to-host copy."""
+    if not tensors:
+        return []
+    same = all(t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors)
+    if same and tensors[0].dtype in (torch.float32, torch.float64):
+        norms = torch._foreach_norm([t.detach() for t in tensors])
+        return (torch.stack(norms).double() ** 2).tolist()
+    return [float(_sq(t)) for t in tensors]
 
 
 def _sq(t: Tensor) -> Tensor:

@@ -12,13 +12,20 @@ method        sides                       options
                                           ``bin_size``
 "kde"         one symbolic, one float     ``noise_var=0.1``, ``bound="upper"|"lower"``,
                                           ``chunk_size``
-"ksg"         both float                  ``k=3``, ``chunk_size``
+"ksg"         both float                  ``k=3``, ``chunk_size``, ``algorithm="auto"``,
+                                          ``progress``
 ============  ==========================  =====================================================
+
+A plug-in estimate (``"discrete"``, ``"binning"``) from ``N`` samples cannot exceed
+:math:`\log_2 N`; one within 1 bit of it says more about ``N`` than about the variables (nearly
+every sample is its own state) and comes with a ``RuntimeWarning``.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -52,8 +59,22 @@ def code_for(
     return row_code(idx)
 
 
+def _at_ceiling(value: float, n: int) -> float:
+    """Warn when a plug-in estimate is within 1 bit of its ceiling log2 N; return it."""
+    if n > 1 and value > math.log2(n) - 1.0:
+        warnings.warn(
+            f"foresight.ib: the plug-in estimate {value:.3g} bits is within 1 bit of log2(N) = "
+            f"{math.log2(n):.3g}, the most {n} samples can show (nearly every sample is its own "
+            "state): it is limited by the sample count. Use coarser bins or more samples",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return value
+
+
 def _discrete(x: torch.Tensor, y: torch.Tensor) -> float:
-    return code_mi(*row_code(symbols_of(x, "x")), *row_code(symbols_of(y, "y")))
+    value = code_mi(*row_code(symbols_of(x, "x")), *row_code(symbols_of(y, "y")))
+    return _at_ceiling(value, x.shape[0])
 
 
 def _binning(
@@ -63,7 +84,8 @@ def _binning(
     bin_size: float | None = None,
     range: tuple[float, float] | None = None,  # noqa: A002
 ) -> float:
-    return code_mi(*code_for(x, bins, bin_size, range), *code_for(y, bins, bin_size, range))
+    value = code_mi(*code_for(x, bins, bin_size, range), *code_for(y, bins, bin_size, range))
+    return _at_ceiling(value, x.shape[0])
 
 
 def _kde(
@@ -84,14 +106,21 @@ def _kde(
     return kde_mi_bits(cont, labels, k, noise_var, bound, chunk_size)[0]
 
 
-def _ksg(x: torch.Tensor, y: torch.Tensor, k: int = 3, chunk_size: int | None = None) -> float:
+def _ksg(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int = 3,
+    chunk_size: int | None = None,
+    algorithm: str = "auto",
+    progress: bool | None = None,
+) -> float:
     for name, t in (("x", x), ("y", y)):
         if is_symbolic(t):
             raise ValueError(
                 f"method='ksg' needs continuous (float) samples; {name} is {t.dtype}. "
                 "Use method='discrete' or 'kde' for symbols"
             )
-    return ksg_mi_bits(x, y, positive_int(k, "k"), chunk_size)
+    return ksg_mi_bits(x, y, positive_int(k, "k"), chunk_size, algorithm, progress)
 
 
 ESTIMATORS: dict[str, Callable[..., float]] = {
@@ -149,7 +178,8 @@ def mutual_information(
             ``"ksg"`` (Kraskov et al. algorithm 1, both sides continuous).
         **options: the method's options (see the module table): ``bins``, ``range``,
             ``bin_size`` for binning; ``noise_var``, ``bound``, ``chunk_size`` for KDE;
-            ``k``, ``chunk_size`` for KSG.
+            ``k``, ``chunk_size``, ``algorithm`` (``"auto"``, ``"tree"``: scipy's KD-tree on
+            CPU, ``"brute"``: chunked torch, any device), ``progress`` for KSG.
 
     Returns:
         The estimate in bits, as a Python ``float``.

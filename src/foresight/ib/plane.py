@@ -16,6 +16,7 @@ clustering of the representation. Report the estimator with every number: the re
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from foresight._guard import preserved
+from foresight._progress import bar as progress_bar
 from foresight._result import Result
 from foresight.distributed import full_weights
 from foresight.ib._samples import as_samples, positive_int, same_length
@@ -46,7 +48,7 @@ PLANE_METHODS = ("binning", "kde")
 
 @dataclass
 class LayerInformation(Result):
-    """One point of the information plane.
+    r"""One point of the information plane.
 
     Attributes:
         name: module name (``"output"`` for the model's output).
@@ -58,6 +60,9 @@ class LayerInformation(Result):
         width: number of units of T (features per sample).
         method: the estimator.
         options: the estimator's parameters, defaults filled in.
+        limited_by: ``"samples"`` when :math:`I(X;T)` is within 1 bit of its ceiling
+            :math:`\log_2 N` (binned: nearly every sample is its own state; KDE: the points are
+            far apart for ``noise_var``), so it measures N rather than the layer; else ``None``.
     """
 
     name: str
@@ -68,6 +73,7 @@ class LayerInformation(Result):
     width: int
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    limited_by: str | None = None
 
 
 @dataclass
@@ -253,6 +259,7 @@ def information_plane(
     layers: Sequence[str] | None = None,
     method: str = "binning",
     batch_size: int | None = None,
+    progress: bool | None = None,
     **options: Any,
 ) -> InformationPlane:
     r"""Estimate :math:`I(X;T)` and :math:`I(T;Y)` for each hidden representation ``T``.
@@ -267,10 +274,15 @@ def information_plane(
         method: ``"binning"`` (options ``bins=30``, ``range=(lo, hi)`` or ``bin_size``) or
             ``"kde"`` (options ``noise_var=0.1``, ``bound="upper"|"lower"``, ``chunk_size``).
         batch_size: forward the inputs in batches of this size (default: all at once).
+        progress: a bar over the layers on stderr (KDE: each layer is :math:`O(N^2)`):
+            ``None`` only once the work has taken a few seconds, ``True`` always, ``False``
+            never.
         **options: the estimator's options.
 
     Returns:
-        An :class:`InformationPlane` with one :class:`LayerInformation` per layer.
+        An :class:`InformationPlane` with one :class:`LayerInformation` per layer. Layers whose
+        :math:`I(X;T)` is within 1 bit of :math:`\log_2 N` get ``limited_by="samples"`` and one
+        ``RuntimeWarning`` names them.
 
     With binning, :math:`I(X;T) = H(T) \le \log_2 N` and :math:`I(T;Y) \le H(Y)`:
 
@@ -278,7 +290,7 @@ def information_plane(
     >>> net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 2), nn.Softmax(dim=1))
     >>> x = torch.randint(0, 2, (256, 12)).float()
     >>> y = (x.sum(1) > 6).long()
-    >>> plane = information_plane(net, x, y, bins=30, range=(-1, 1))
+    >>> plane = information_plane(net, x, y, bins=4, range=(-1, 1))
     >>> [layer.name for layer in plane.layers]
     ['1', '3']
     >>> all(la.i_xt <= 8 and la.i_ty <= plane.h_y + 1e-12 for la in plane.layers)
@@ -300,6 +312,8 @@ def information_plane(
         y_labels, ky = row_labels(y)
     reps = {name: as_samples(t, f"the output of layer {name!r}") for name, t in reps.items()}
     fast = _binned_all_layers(reps, y_code, y_card, options) if method == "binning" else None
+    bar = progress_bar(len(reps), desc=f"information plane ({method})",
+                       enabled=progress if fast is None else False, unit="layer")
     for name, t in reps.items():
         if fast is not None:
             h_t, h_ty, n_states = fast[name]
@@ -320,8 +334,23 @@ def information_plane(
                 options.get("chunk_size"),
             )
             n_states = int(torch.unique(t, dim=0).shape[0])
-        points.append(
-            LayerInformation(name, i_xt, i_ty, h_t, n_states, t.shape[1], method, dict(params))
+        limited = "samples" if n > 1 and i_xt > math.log2(n) - 1.0 else None
+        points.append(LayerInformation(name, i_xt, i_ty, h_t, n_states, t.shape[1], method,
+                                       dict(params), limited))
+        bar.update(1)
+    bar.close()
+    at_ceiling = [p.name for p in points if p.limited_by]
+    if at_ceiling:
+        warnings.warn(
+            f"information_plane: I(X;T) of layer(s) {at_ceiling} is within 1 bit of log2(N) = "
+            f"{math.log2(n):.3g} bits, the most {n} samples can show ({method}: "
+            + ("nearly every sample is its own binned state" if method == "binning" else
+               "the points are far apart for this noise_var")
+            + "), so it measures N, not the layer; they carry limited_by='samples'. Coarser "
+            + ("bins" if method == "binning" else "noise (a larger noise_var)")
+            + " or more samples show structure",
+            RuntimeWarning,
+            stacklevel=2,
         )
     return InformationPlane(points, n, h_y, method, params)
 

@@ -65,6 +65,19 @@ def quiet_hooks(tensors: list[Tensor]) -> Iterator[None]:
             hooks.update(content)
 
 
+_IGNORED_CACHE: dict[Any, bool] = {}
+
+
+def _ignored(func: Any) -> bool:
+    try:
+        hit = _IGNORED_CACHE.get(func)
+    except TypeError:  # unhashable
+        return func_name(func) in _IGNORED_NAMES
+    if hit is None:
+        hit = _IGNORED_CACHE[func] = func_name(func) in _IGNORED_NAMES
+    return hit
+
+
 def _rule_of(use: Use, func: Any):
     if use.kind == FALLBACK.name:
         return FALLBACK
@@ -162,19 +175,22 @@ class Capture(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.deviation is not None or func_name(func) in _IGNORED_NAMES:
+        if self.deviation is not None or _ignored(func):
             return func(*args, **kwargs)
         flat = flatten(args, kwargs)
         keys = []
+        by_id, derived = self.by_id, self._derived
         for a in flat:
-            if isinstance(a, Tensor):
-                name = self.by_id.get(id(a))
+            if type(a) is nn.Parameter or (derived and isinstance(a, Tensor)):
+                name = by_id.get(id(a))
                 if name is not None:
                     keys.append(name)
                 else:
-                    d = self._derived.get(id(a))
+                    d = derived.get(id(a))
                     if d is not None:
                         keys.append(f"#{d}")
+            elif isinstance(a, Tensor) and id(a) in by_id:  # a Parameter subclass
+                keys.append(by_id[id(a)])
         if not keys:
             return func(*args, **kwargs)
         steps = self.plan.steps

@@ -198,7 +198,9 @@ class InformationPlane:
     """Per-layer mutual information I(X;T), I(T;Y) (:func:`foresight.ib.information_plane`).
 
     Measured on the fixed samples ``inputs``, ``labels`` given here (X uniform over them). Records
-    ``i_xt/<layer>`` and ``i_ty/<layer>`` in bits. Extra keyword options go to
+    ``i_xt/<layer>`` and ``i_ty/<layer>`` in bits, and ``i_xt_limited/<layer>`` (a ``bool``: true
+    when I(X;T) is within 1 bit of its ceiling log2 N, see
+    :class:`~foresight.ib.LayerInformation`). Extra keyword options go to
     :func:`foresight.ib.information_plane` (``layers``, ``method``, ``bins``, ...).
     """
 
@@ -207,7 +209,7 @@ class InformationPlane:
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, **options: Any) -> None:
         self.inputs = inputs
         self.labels = labels
-        self.options = options
+        self.options = {"progress": False, **options}  # no bar inside a training loop's own
 
     def measure(self, model: nn.Module, context: Context) -> Values:
         from foresight.ib import information_plane
@@ -218,6 +220,7 @@ class InformationPlane:
             name = _field(row, "name")
             values[f"i_xt/{name}"] = float(_field(row, "i_xt"))
             values[f"i_ty/{name}"] = float(_field(row, "i_ty"))
+            values[f"i_xt_limited/{name}"] = _optional_field(row, "limited_by") is not None
         return values
 
 
@@ -225,7 +228,10 @@ class CausalEI:
     """Perturbational (causal) EI of each weight layer (:func:`foresight.causal.report`).
 
     Records ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>`` and
-    ``causal_degeneracy/<layer>`` in bits. Keyword options go to :func:`foresight.causal.report`
+    ``causal_degeneracy/<layer>`` in bits, and the flags ``causal_ei_converged/<layer>``,
+    ``ei_parts_converged/<layer>``, ``sensitivity_converged/<layer>`` (``bool``: false when the
+    sampled measure is limited by the sample count; :mod:`foresight.plot.causal` draws such
+    points hollow). Keyword options go to :func:`foresight.causal.report`
     (pass ``samples=`` and ``seed=`` for a fixed cost and reproducible numbers). The Monitor
     restores the random number generators after measuring, so the perturbation noise never changes
     training.
@@ -235,9 +241,11 @@ class CausalEI:
 
     _KEYS = (("ei", "causal_ei"), ("ei_parts", "ei_parts"), ("sensitivity", "sensitivity"),
              ("degeneracy", "causal_degeneracy"))
+    _CONVERGED = (("ei", "causal_ei_converged"), ("ei_parts", "ei_parts_converged"),
+                  ("sensitivity", "sensitivity_converged"))
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        self.options = {"progress": False, **options}  # no bar inside a training loop's own
 
     def measure(self, model: nn.Module, context: Context) -> Values:
         from foresight.causal import report
@@ -248,6 +256,9 @@ class CausalEI:
             name = _field(row, "name")
             for src, dst in self._KEYS:
                 values[f"{dst}/{name}"] = float(_field(row, src))
+            unconverged = _optional_field(row, "unconverged", ()) or ()
+            for measure, key in self._CONVERGED:
+                values[f"{key}/{name}"] = measure not in unconverged
         return values
 
 
@@ -343,6 +354,12 @@ def _field(row: Any, key: str) -> Any:
     if isinstance(row, Mapping):
         return row[key]
     return getattr(row, key)
+
+
+def _optional_field(row: Any, key: str, default: Any = None) -> Any:
+    if isinstance(row, Mapping):
+        return row.get(key, default)
+    return getattr(row, key, default)
 
 
 def is_finite_number(value: Any) -> bool:

@@ -3,7 +3,9 @@
 Histories are ``monitor.history`` (with the ``"causal"`` metric), :attr:`CausalTracker.history
 <foresight.causal.CausalTracker>`, a list of records, a ``pandas.DataFrame`` or a dict of columns,
 with keys ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>`` and
-``causal_degeneracy/<layer>`` (bits).
+``causal_degeneracy/<layer>`` (bits). The flags ``causal_ei_converged/<layer>``,
+``ei_parts_converged/<layer>`` and ``sensitivity_converged/<layer>`` (``bool``, recorded with them)
+mark sample-limited values: such points are drawn hollow.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from foresight._optional import require
-from foresight.plot._history import Columns, columns, series
+from foresight.plot._history import Columns, columns
 
-__all__ = ["causal_plane", "layer_ei_training", "MEASURE_KEYS"]
+__all__ = ["causal_plane", "layer_ei_training", "MEASURE_KEYS", "CONVERGED_KEYS"]
 
 #: Measure name -> record key prefix.
 MEASURE_KEYS = {
@@ -24,6 +26,16 @@ MEASURE_KEYS = {
     "sensitivity": "sensitivity",
     "degeneracy": "causal_degeneracy",
 }
+
+#: Measure name -> key prefix of its convergence flag (degeneracy: both pairwise flags).
+CONVERGED_KEYS = {
+    "ei": ("causal_ei_converged",),
+    "ei_parts": ("ei_parts_converged",),
+    "sensitivity": ("sensitivity_converged",),
+    "degeneracy": ("ei_parts_converged", "sensitivity_converged"),
+}
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 
 _LABELS = {
     "ei": "EI (bits)",
@@ -41,6 +53,46 @@ def _layers(cols: Columns, prefix: str, layers: Sequence[str] | None) -> list[st
     if missing:
         raise ValueError(f"history has no {prefix!r} values for layers {missing} (has {found})")
     return list(layers)
+
+
+def _records(history: Any) -> list[dict[str, Any]]:
+    """The history as a list of records (for the boolean flags, which :func:`columns` drops)."""
+    if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas.DataFrame
+        return history.to_dict("records")
+    if isinstance(history, dict):
+        keys = list(history)
+        n = max((len(v) for v in history.values()), default=0)
+        return [{k: history[k][i] for k in keys if i < len(history[k])} for i in range(n)]
+    return list(history)
+
+
+def _converged(records: list[dict[str, Any]], measure: str, layer: str) -> list[bool]:
+    """Per record: False when a flag of ``measure`` for ``layer`` says not converged."""
+    keys = [f"{k}/{layer}" for k in CONVERGED_KEYS[measure]]
+    out = []
+    for r in records:
+        flags = [r.get(k) for k in keys]
+        out.append(not any(f is not None and not _truth(f) for f in flags))
+    return out
+
+
+def _truth(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "1.0")
+    try:
+        return bool(value) and not (isinstance(value, float) and math.isnan(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def _finite_rows(cols: Columns, x: str, keys: Sequence[str], flags: list[bool]):
+    """``(x, *values, converged)`` rows where every value is finite, in order of ``x``."""
+    rows = [
+        (t, *vals, ok) for t, *vals, ok in zip(cols[x], *(cols[k] for k in keys), flags)
+        if all(math.isfinite(v) for v in (t, *vals))
+    ]
+    rows.sort(key=lambda r: r[0])
+    return rows
 
 
 def _axes(ax: Any, figsize: tuple[float, float]):
@@ -63,6 +115,8 @@ def layer_ei_training(
     title: str | None = None,
 ):
     """One causal measure of each layer against ``x`` (one line per layer).
+
+    Sample-limited values (their convergence flag false) are drawn as hollow markers.
 
     Args:
         history: the measurements (see the module docs).
@@ -92,15 +146,31 @@ def layer_ei_training(
     if not names:
         raise ValueError(f"layer_ei_training: history has no {prefix}/<layer> columns")
     fig, ax = _axes(ax, (7, 4))
-    for name in names:
-        xs, ys = series(cols, x, f"{prefix}/{name}")
-        ax.plot(xs, ys, marker=".", lw=1.5, label=f"layer {name}")
+    records = _records(history)
+    hollow_any = False
+    for i, name in enumerate(names):
+        key = f"{prefix}/{name}"
+        rows = _finite_rows(cols, x, [key], _converged(records, measure, name))
+        xs, ys = [r[0] for r in rows], [r[1] for r in rows]
+        color = f"C{i % 10}"
+        ax.plot(xs, ys, marker="o", ms=3.5, lw=1.5, color=color, label=f"layer {name}")
+        bad = [(r[0], r[1]) for r in rows if not r[2]]
+        if bad:
+            hollow_any = True
+            ax.plot([b[0] for b in bad], [b[1] for b in bad], "o", ms=6, mfc="white",
+                    mec=color, mew=1.3, label="_nolegend_")
     if logx:
         ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel(x)
     ax.set_ylabel(_LABELS[measure])
     ax.set_title(title if title is not None else f"{_LABELS[measure][:-7]} of each layer")
-    ax.legend(loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if hollow_any:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], ls="", marker="o", ms=6, mfc="white", mec="gray"))
+        labels.append("not converged (sample-limited)")
+    ax.legend(handles, labels, loc="best")
     return fig
 
 
@@ -111,19 +181,25 @@ def causal_plane(
     layers: Sequence[str] | None = None,
     ax: Any = None,
     title: str | None = "Causal plane",
+    cmap: str = "viridis",
+    colorbar: bool = True,
 ):
     """Each layer's path through the (sensitivity, degeneracy) plane as training goes on.
 
-    One colour per layer; points darken with ``x`` (training time), the first is an open
-    circle and the last a star. The diagonal ``degeneracy = sensitivity`` (EI_parts = 0) is
-    dotted: a layer's EI_parts is its horizontal distance to it.
+    Every point is coloured by ``x`` (training time, one colour scale for all layers, with a
+    colour bar); each layer has its own marker and path colour, and its last point is labelled.
+    Points whose sensitivity or EI_parts is sample-limited (convergence flag false) are hollow.
+    The diagonal ``degeneracy = sensitivity`` (EI_parts = 0) is dotted: a layer's EI_parts is its
+    horizontal distance to it.
 
     Args:
         history: the measurements (see the module docs).
-        x: the column giving training time (orders the points).
+        x: the column giving training time (orders and colours the points).
         layers: which layers (default: all in the history).
         ax: a matplotlib ``Axes`` to draw into (default: a new figure).
         title: the axes title (``None`` for none).
+        cmap: the colour map of ``x``.
+        colorbar: draw a colour bar for ``x``.
 
     Returns:
         The matplotlib ``Figure``.
@@ -132,8 +208,8 @@ def causal_plane(
         >>> rows = [{"epoch": e, "sensitivity/0": 5.0 + e, "causal_degeneracy/0": 3.0 - e / 2}
         ...         for e in range(4)]
         >>> fig = causal_plane(rows)
-        >>> fig.axes[0].get_xlabel()
-        'sensitivity (bits)'
+        >>> fig.axes[0].get_xlabel(), fig.axes[1].get_ylabel()  # the plane and its colour bar
+        ('sensitivity (bits)', 'epoch')
     """
     cols = columns(history)
     if x not in cols:
@@ -143,33 +219,59 @@ def causal_plane(
     if not names:
         raise ValueError("causal_plane: history has no sensitivity/<layer> and "
                          "causal_degeneracy/<layer> columns")
-    fig, ax = _axes(ax, (5.5, 5))
-    colors = require("matplotlib", "foresight.plot").colormaps["tab10"]
-    top = 0.0
-    for i, name in enumerate(names):
-        sens, degen = f"sensitivity/{name}", f"causal_degeneracy/{name}"
-        pts = [
-            (t, s, d) for t, s, d in zip(cols[x], cols[sens], cols[degen])
-            if all(math.isfinite(v) for v in (t, s, d))
-        ]
-        if not pts:
-            continue
-        pts.sort()
-        s_vals = [p[1] for p in pts]
-        d_vals = [p[2] for p in pts]
-        color = colors(i % 10)
-        ax.plot(s_vals, d_vals, color=color, lw=1, alpha=0.6)
-        n = len(pts)
-        alphas = [0.25 + 0.75 * k / max(1, n - 1) for k in range(n)]
-        for s, d, a in zip(s_vals, d_vals, alphas):
-            ax.plot(s, d, "o", ms=3, color=color, alpha=a)
-        ax.plot(s_vals[0], d_vals[0], "o", ms=8, mfc="none", color=color)
-        ax.plot(s_vals[-1], d_vals[-1], "*", ms=12, color=color, label=f"layer {name}")
+    fig, ax = _axes(ax, (6.2, 5))
+    mpl = require("matplotlib", "foresight.plot")
+    from matplotlib.lines import Line2D
+
+    records = _records(history)
+    per_layer = {}
+    for name in names:
+        flags = _converged(records, "degeneracy", name)
+        rows = _finite_rows(cols, x, [f"sensitivity/{name}", f"causal_degeneracy/{name}"],
+                            flags)
+        if rows:
+            per_layer[name] = rows
+    times = [r[0] for rows in per_layer.values() for r in rows]
+    lo, hi = (min(times), max(times)) if times else (0.0, 1.0)
+    if hi > lo and lo >= 0 and hi > 10 * max(lo, 1):  # log-spaced schedules: a symlog scale
+        norm = mpl.colors.SymLogNorm(linthresh=1.0, vmin=lo, vmax=hi, base=10)
+    else:
+        norm = mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    colormap = mpl.colormaps[cmap]
+    layer_colors = mpl.colormaps["tab10"]
+    handles, labels = [], []
+    top, scatter, hollow_any = 0.0, None, False
+    for i, (name, rows) in enumerate(per_layer.items()):
+        s_vals, d_vals = [r[1] for r in rows], [r[2] for r in rows]
+        color, marker = layer_colors(i % 10), _MARKERS[i % len(_MARKERS)]
+        ax.plot(s_vals, d_vals, color=color, lw=1.1, alpha=0.7, zorder=1, label=f"layer {name}")
+        good = [r for r in rows if r[3]]
+        bad = [r for r in rows if not r[3]]
+        if good:
+            scatter = ax.scatter([r[1] for r in good], [r[2] for r in good],
+                                 c=[r[0] for r in good], cmap=colormap, norm=norm, s=30,
+                                 marker=marker, edgecolors=color, linewidths=0.6, zorder=2)
+        if bad:
+            hollow_any = True
+            ax.scatter([r[1] for r in bad], [r[2] for r in bad], s=42, marker=marker,
+                       facecolors="none", edgecolors=[colormap(norm(r[0])) for r in bad],
+                       linewidths=1.4, zorder=2)
+        ax.annotate(f"{name}", (s_vals[-1], d_vals[-1]), xytext=(5, 4),
+                    textcoords="offset points", fontsize="small", color=color)
+        handles.append(Line2D([], [], color=color, marker=marker, mfc="white", lw=1.1))
+        labels.append(f"layer {name}")
         top = max(top, max(s_vals), max(d_vals))
-    ax.plot([0, top], [0, top], ":", color="gray", lw=1)
+    ax.plot([0, top], [0, top], ":", color="gray", lw=1, label="_nolegend_")
     ax.set_xlabel("sensitivity (bits)")
     ax.set_ylabel("degeneracy (bits)")
     if title:
         ax.set_title(title)
-    ax.legend(loc="best", title=f"o start, * end ({x})")
+    if hollow_any:
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="gray", mew=1.4))
+        labels.append("not converged")
+    ax.legend(handles, labels, loc="best", fontsize="small")
+    if colorbar:
+        mappable = scatter or mpl.cm.ScalarMappable(norm=norm, cmap=colormap)
+        bar = fig.colorbar(mappable, ax=ax, pad=0.02)
+        bar.set_label(x)
     return fig

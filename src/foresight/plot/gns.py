@@ -1,4 +1,10 @@
-"""Figure of the gradient noise scale over training (:mod:`foresight.gns`)."""
+"""Figure of the gradient noise scale over training (:mod:`foresight.gns`).
+
+Only resolved estimates are drawn as batch sizes: an estimate whose :math:`|G|^2` is not resolved
+from zero (``resolved`` false, see :func:`foresight.gns.estimators.resolve`) is drawn as its lower
+bound (an upward triangle) when it has one and left out otherwise; a plain number that is not
+positive is left out. The figure never shows a negative batch size.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,39 @@ from collections.abc import Sequence
 from typing import Any
 
 from foresight._optional import require
-from foresight.plot._style import UNRESOLVED_COLOR, mark_unresolved, place_legend, split_resolved
+from foresight.plot._style import UNRESOLVED_COLOR, mark_unresolved, place_legend
+from foresight.plot._style import split_resolved as _split_series
 
-__all__ = ["noise_scale_over_training"]
+__all__ = ["noise_scale_over_training", "split_resolved"]
 
 
 def _value(est: Any, field: str) -> float:
     if isinstance(est, (int, float)):
         return float(est) if field == "b_simple" else math.nan
     return float(getattr(est, field, math.nan))
+
+
+def split_resolved(estimates: Sequence[Any]) -> tuple[list[float], list[float], list[float]]:
+    """``(values, errors, lower_bounds)``: per estimate, the resolved positive ``b_simple`` (else
+    ``nan``), its standard error (else ``nan``) and, for an unresolved one, its positive lower
+    bound (else ``nan``).
+
+    >>> from foresight.gns import NoiseScale
+    >>> ests = [NoiseScale.from_parts(1.0, 40.0, 8), -5.0,
+    ...         NoiseScale.from_parts(0.0, 40.0, 8, grad_sq_norm_se=0.25)]
+    >>> split_resolved(ests)
+    ([40.0, nan, nan], [nan, nan, nan], [nan, nan, 80.0])
+    """
+    values, errors, lower = [], [], []
+    for est in estimates:
+        b = _value(est, "b_simple")
+        ok = getattr(est, "resolved", True) is not False and math.isfinite(b) and b > 0
+        values.append(b if ok else math.nan)
+        se = _value(est, "b_simple_se")
+        errors.append(se if ok and math.isfinite(se) else math.nan)
+        lo = _value(est, "b_simple_lower")
+        lower.append(lo if not ok and math.isfinite(lo) and lo > 0 else math.nan)
+    return values, errors, lower
 
 
 def noise_scale_over_training(
@@ -27,12 +57,14 @@ def noise_scale_over_training(
     title: str | None = "Gradient noise scale",
 ):
     """:math:`B_\\text{simple}` against the training step, with the batch size used and the
-    suggested batch size (the last finite positive estimate, see
+    suggested batch size (the last resolved estimate, see
     :func:`foresight.gns.suggested_batch_size`).
 
-    An estimate that is not finite or not positive (the unbiased :math:`|G|^2` estimate fell below
-    its noise: the gradient is not resolved at this batch size) is no batch size: it is drawn as a
-    shaded "unresolved" stretch, and the curve is broken there. The y axis is logarithmic.
+    Resolved estimates are a line with a band of :math:`\\pm 1` standard error where it is known;
+    unresolved ones (the unbiased :math:`|G|^2` estimate is not resolved from its noise at this
+    batch size) are no batch size: their stretch is shaded "unresolved", the curve is broken
+    there, and their lower bound is drawn (triangles) where one exists. Nothing negative is drawn;
+    the y axis is logarithmic.
 
     Args:
         steps: the step of each estimate.
@@ -54,21 +86,35 @@ def noise_scale_over_training(
     """
     plt = require("matplotlib.pyplot", "foresight.plot.gns")
     steps = list(steps)
-    values = [_value(e, "b_simple") for e in estimates]
-    if len(steps) != len(values):
+    estimates = list(estimates)
+    if len(steps) != len(estimates):
         raise ValueError(
-            f"noise_scale_over_training: {len(steps)} steps but {len(values)} estimates"
+            f"noise_scale_over_training: {len(steps)} steps but {len(estimates)} estimates"
         )
+    values, errors, lower = split_resolved(estimates)
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     else:
         fig = ax.figure
-    xs, ys, unresolved = split_resolved(steps, values)
+    xs, ys, unresolved = _split_series(steps, values)
     good = [v for v in ys if math.isfinite(v)]
     handles = []
-    (line,) = ax.plot(xs, ys, color="tab:purple", lw=2, label=r"$B_\mathrm{simple}$",
+    (line,) = ax.plot(xs, ys, color="tab:purple", lw=2, label=r"$B_\mathrm{simple}$ (resolved)",
                       marker="o" if len(good) < 3 else None, ms=3)
     handles.append(line)
+    band = [
+        (s, max(v - e, v * 0.05), v + e)
+        for s, v, e in zip(steps, values, errors)
+        if math.isfinite(v) and math.isfinite(e)
+    ]
+    if band:
+        bx, lo, hi = zip(*band)
+        handles.append(ax.fill_between(bx, lo, hi, color="tab:purple", alpha=0.2, lw=0,
+                                       label="± 1 s.e."))
+    if any(math.isfinite(v) for v in lower):
+        (tri,) = ax.plot(steps, lower, ls="none", marker="^", ms=4, color="tab:orange",
+                         label="unresolved: lower bound")
+        handles.append(tri)
     batch = [_value(e, "batch_size") for e in estimates]
     if any(math.isfinite(b) and b > 0 for b in batch):
         (used,) = ax.plot(steps, batch, color="tab:gray", ls=":", label="batch size used")
@@ -77,6 +123,7 @@ def noise_scale_over_training(
         suggested = max(multiple_of, round(good[-1] / multiple_of) * multiple_of)
         handles.append(ax.axhline(suggested, color="tab:green", ls="--",
                                   label=f"suggested batch size {suggested}"))
+    if good or any(math.isfinite(v) for v in lower):
         ax.set_yscale("log")
     else:
         ax.text(0.5, 0.5, "no resolved estimate", transform=ax.transAxes, ha="center",

@@ -30,6 +30,12 @@ def is_batched(x: Any, batched: dict) -> bool:
 def flat_batch(t: Tensor, layout: Layout, batch: int, trailing: int) -> Tensor:
     """``[B, N, *last trailing dims]``: every entry of an example that is not in the trailing dims
     counted as one of its N positions (the batch must not be among the trailing dims)."""
+    if layout.dim == 0 and t.dim() > trailing and t.shape[0] == batch:  # the common case
+        tail = t.shape[t.dim() - trailing :] if trailing else ()
+        n = 1
+        for s in t.shape[1 : t.dim() - trailing]:
+            n *= int(s)
+        return t.reshape(batch, n, *tail)
     c = canonical(t, layout, batch)
     inner = c.shape[1 : c.dim() - trailing]
     n = 1

@@ -2,10 +2,10 @@ r"""Convolutions with a parameter weight: ``F.conv1d/2d/3d`` (``nn.Conv1d/2d/3d`
 calling them; the padding modes of ``nn.Conv`` are an ``F.pad`` before the call).
 
 Per example :math:`b`, the weight gradient
-:math:`W_b[o, c, k] = \sum_l G_b[o, l]\, X_b[c, l s + k d]`
-is itself a convolution -- of the (padded) input with the output gradient as the kernel, stride and
-dilation swapped -- so a few examples at a time are one grouped convolution (every (example, group)
-pair a group). The bias gradient sums the output gradient over positions.
+:math:`W_b[o, c, k] = \sum_l G_b[o, l]\, X_b[c, l s + k d]` is the weight gradient of the
+convolution on example :math:`b` alone; a chunk of examples side by side as channels, with as many
+times the groups, gives all of theirs in one call of the convolution's weight backward. The bias
+gradient sums the output gradient over positions.
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ from foresight.layers.contrib import Dense
 from foresight.layers.registry import Rule, register_rule
 from foresight.layers.rules._common import is_batched, is_tracked, pos
 
-__all__ = ["ConvRule", "CONV_CHUNK"]
+__all__ = ["ConvRule", "ConvWeight", "padding_pairs", "CONV_CHUNK_ELEMENTS"]
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-#: Examples whose per-example weight gradients are formed by one grouped convolution (on the
-#: reference CPU, chunks of 4 beat both one example at a time and the whole batch at once).
-CONV_CHUNK = 4
+#: Largest number of weight entries (examples x weight size) formed at once by one call.
+CONV_CHUNK_ELEMENTS = 1 << 23
 
 
 def _tuple(v, nd: int) -> tuple[int, ...]:
@@ -48,22 +45,42 @@ def padding_pairs(padding, kernel: tuple[int, ...], dilation: tuple[int, ...]):
 
 @dataclass
 class ConvWeight:
-    """Per-example weight gradients of a convolution, formed a few examples at a time."""
+    """Per-example weight gradients of a convolution, a chunk of examples at a time.
 
-    x: Tensor  # [N, C, *spatial], padded; N = B * k
+    Example :math:`b`'s weight gradient is the weight gradient of the convolution of example
+    :math:`b` alone; for a chunk of :math:`n` examples it is the weight gradient of one convolution
+    with :math:`n` times the groups, the examples side by side as channels (the convolution's own
+    weight backward, about as fast as the batch's).
+    """
+
+    x: Tensor  # [N, C, *spatial]; N = B * k
     g: Tensor  # [N, Cout, *out spatial]
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    padding: tuple[int, ...]
     dilation: tuple[int, ...]
     groups: int
     batch: int
 
     def _chunks(self):
         n = self.x.shape[0]
-        step = max(1, CONV_CHUNK)
+        size = 1
+        for s in self.shape:
+            size *= s
+        step = max(1, min(n, CONV_CHUNK_ELEMENTS // max(1, size)))
+        nd = len(self.shape) - 2
         for i in range(0, n, step):
-            yield _grouped(self.x[i : i + step], self.g[i : i + step], self.shape, self.stride,
-                           self.dilation, self.groups)
+            x, g = self.x[i : i + step], self.g[i : i + step]
+            m = x.shape[0]
+            weight = x.new_zeros(()).expand(m * self.shape[0], *self.shape[1:])  # shape only
+            w = torch.ops.aten.convolution_backward(
+                g.reshape(1, m * g.shape[1], *g.shape[2:]),
+                x.reshape(1, m * x.shape[1], *x.shape[2:]),
+                weight,
+                None, list(self.stride), list(self.padding), list(self.dilation), False,
+                [0] * nd, m * self.groups, [False, True, False],
+            )[1]
+            yield w.reshape(m, *self.shape)
 
     def dense(self) -> Tensor:
         w = torch.cat(list(self._chunks()))
@@ -74,23 +91,13 @@ class ConvWeight:
         k = self.x.shape[0] // self.batch
         if k != 1:
             return Dense(self.dense()).sq()
-        parts = [torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float()
-                                          if w.dtype in (torch.float16, torch.bfloat16)
-                                          else w.reshape(w.shape[0], -1), dim=1).square()
-                 for w in self._chunks()]
+        parts = []
+        for w in self._chunks():
+            w = w.reshape(w.shape[0], -1)
+            if w.dtype in (torch.float16, torch.bfloat16):
+                w = w.float()
+            parts.append(torch.linalg.vector_norm(w, dim=1).square())
         return torch.cat(parts)
-
-
-def _grouped(x: Tensor, g: Tensor, shape, stride, dilation, groups) -> Tensor:
-    nd = len(shape) - 2
-    bsz = x.shape[0]
-    cin_g, cout = x.shape[1] // groups, g.shape[1]
-    inp = x.reshape(bsz * groups, cin_g, *x.shape[2:]).transpose(0, 1)
-    ker = g.reshape(bsz * cout, 1, *g.shape[2:])
-    out = _CONV[nd](inp, ker, None, stride=dilation, padding=0, dilation=stride,
-                    groups=bsz * groups)
-    out = out[(slice(None), slice(None)) + tuple(slice(0, k) for k in shape[2:])]
-    return out.transpose(0, 1).reshape(bsz, *shape)
 
 
 class ConvRule(Rule):
@@ -130,12 +137,16 @@ class ConvRule(Rule):
 
     def per_example(self, use, act, grad, operands, batch):
         opts = use.options
-        pads = [p for pair in reversed(opts["padding"]) for p in pair]
-        x = F.pad(act, pads) if any(pads) else act
+        pairs = opts["padding"]
+        if all(a == b for a, b in pairs):
+            x, padding = act, tuple(a for a, _ in pairs)
+        else:  # asymmetric ('same' with an even kernel): pad explicitly
+            x = F.pad(act, [p for pair in reversed(pairs) for p in pair])
+            padding = (0,) * len(pairs)
         out = {}
         if "weight" in operands:
             out["weight"] = ConvWeight(x, grad, tuple(operands["weight"].shape), opts["stride"],
-                                       opts["dilation"], opts["groups"], batch)
+                                       padding, opts["dilation"], opts["groups"], batch)
         if "bias" in operands:
             n = grad.shape[0]
             s = grad.reshape(n, grad.shape[1], -1).sum(2)
