@@ -253,8 +253,8 @@ def section_errors(rank, out):
         gns._inexact, gns._step_notes = True, ["a deviation made up by the test"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rank 1 warns that it cannot measure the step
-        est = gns.step()
-    out["one_rank_skips"] = (gns.skipped, math.isnan(est.b_simple))
+        gns.step()
+    out["one_rank_skips"] = (gns.skipped, gns.steps, gns.last_raw is None)
     for p in model.parameters():
         p.grad = None
     mse(model(xl), yl).backward()
@@ -509,6 +509,29 @@ def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-300)
 
 
+def same_value(a, b, tol=0.0):
+    """Equal (within ``tol`` relative for numbers), with nan equal to nan (an unresolved noise
+    scale is nan)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and tol:
+        return abs(a - b) <= tol * max(abs(b), 1e-12)
+    return a == b
+
+
+def same_records(xs, ys, tol=0.0):
+    return len(xs) == len(ys) and all(
+        set(x) == set(y) and all(same_value(x[k], y[k], tol) for k in y) for x, y in zip(xs, ys)
+    )
+
+
+def cell(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 # ------------------------------------------------------------------ the tests
 
 
@@ -576,7 +599,7 @@ def test_no_sync_misuse_hsdp_and_skipped_steps(ranks):
         for tag in ("ddp", "fsdp"):
             assert "did not synchronise" in r[("nosync", tag)]
         assert "2-D device mesh" in r["hsdp"]
-        assert r["one_rank_skips"] == (1, True)
+        assert r["one_rank_skips"] == (1, 0, True)
         skipped, steps, tr = r["after_skip"]
         assert (skipped, steps) == (1, 1) and math.isfinite(tr)
         assert [c.count("all_reduce") for c in r["every2"]] == [1, 0, 1, 0]
@@ -588,6 +611,7 @@ def test_no_sync_misuse_hsdp_and_skipped_steps(ranks):
     assert rel(res[0]["hsdp_ei"], fei.report(make_model(), x[:1]).ei) < 1e-12
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # sample-limited values: not the subject
 def test_weight_metrics_of_a_sharded_model_equal_the_unsharded_model(ranks):
     from foresight import causal
     from foresight import ei as fei
@@ -656,20 +680,20 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # sample-limited values: not the subject
 @pytest.mark.parametrize("tag", ["ddp", "fsdp"])
 def test_monitor_csv_written_once_by_rank_0_with_single_process_values(ranks, tag, tmp_path):
     res, tmp = ranks
     runs = [r["monitor_" + tag] for r in res]
     assert [run["started"] for run in runs] == [True, False]  # only rank 0 wrote
-    assert runs[0]["history"] == runs[1]["history"]  # identical on every rank
+    assert same_records(runs[0]["history"], runs[1]["history"])  # identical on every rank
     single = single_process_monitor(tmp_path / "single.csv")
     rows, want = read_csv(tmp / f"{tag}.csv"), read_csv(tmp_path / "single.csv")
     assert [r["step"] for r in rows] == ["0", "2"]
     assert list(rows[0]) == list(want[0])  # the same columns (layer names without "module.")
     for got, exp in zip(rows, want):
         for key in exp:
-            a, b = float(got[key]), float(exp[key])
-            assert abs(a - b) <= 1e-6 * max(abs(b), 1e-12), (key, a, b)
+            assert same_value(cell(got[key]), cell(exp[key]), 1e-6), (key, got[key], exp[key])
     assert len(runs[0]["history"]) == len(single) == 2
 
 
@@ -693,15 +717,16 @@ def test_lightning_two_processes(ranks, lightning_single, tag):
     res, tmp = ranks
     runs = [r["lightning_" + tag] for r in res]
     assert [run["world"] for run in runs] == [WORLD, WORLD]
-    assert runs[0]["history"] == runs[1]["history"]
+    assert same_records(runs[0]["history"], runs[1]["history"])
     assert [run["started"] for run in runs] == [True, False]
     rows = read_csv(tmp / f"pl_{tag}.csv")
-    assert [float(r["b_simple"]) for r in rows] == [h["b_simple"] for h in runs[0]["history"]]
+    assert same_records([{"t": float(r["trace_sigma"])} for r in rows],
+                        [{"t": h["trace_sigma"]} for h in runs[0]["history"]])
     single, weights = lightning_single
     assert len(single) == len(runs[0]["history"]) == 2
     for got, exp in zip(runs[0]["history"], single):
         for key in ("b_simple", "trace_sigma", "grad_sq_norm", "wnorm"):
-            assert abs(got[key] - exp[key]) <= 1e-6 * abs(exp[key]), (key, got, exp)
+            assert same_value(got[key], exp[key], 1e-6), (key, got, exp)
     for a, b in zip(runs[0]["final"], weights):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
