@@ -37,6 +37,7 @@ PUBLIC_MODULES = (
     "foresight.plot.ib",
     "foresight.plot.causal",
     "foresight.integrations.lightning",
+    "foresight.distributed",
     "foresight.cli",
     "foresight.layers",
 )

@@ -171,3 +171,46 @@ def test_gradient_noise_scale_through_the_callback(tmp_path):
     # b_simple is nan while |G|^2 is not resolved, never a negative batch size
     assert all("b_simple" in r and not r["b_simple"] <= 0 for r in callback.history)
     assert all(len(m._forward_hooks) + len(m._backward_hooks) == 0 for m in watched.modules())
+
+
+def test_lightnings_forward_redirection_is_not_a_forward_pass():
+    """Under strategy="ddp" the wrapper calls the module with ``forward`` patched to
+    ``training_step``, which calls the real ``forward``: only the real one is a forward pass."""
+    from lightning.pytorch.strategies.strategy import _ForwardRedirection
+
+    from foresight.gns import GradientNoiseScale, noise_scale
+    from foresight.integrations.lightning import _redirected
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return (self(x) - y).square().mean()
+
+    class Wrapper(nn.Module):  # stands in for DistributedDataParallel
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            return self.module(*args)
+
+    torch.manual_seed(0)
+    module = Module()
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    gns = GradientNoiseScale(module, beta=0.0)
+    gns.skip_call = _redirected
+    loss = _ForwardRedirection()(Wrapper(module), module, "training_step", (x, y), 0)
+    loss.backward()
+    assert gns._micro_sizes == [8]
+    est = gns.step()
+    gns.close()
+    ref = noise_scale(module, lambda out, t: (out - t).square().mean(), x, y)
+    assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-9)
+    assert not _redirected(module)

@@ -40,8 +40,10 @@ from foresight.causal.measures import (
     _check_options,
     _layer_causal,
     _options,
+    _resolve_seed,
     _setup,
 )
+from foresight.distributed import full_weights, shared
 
 __all__ = ["CausalRow", "CausalReport", "RECORD_KEYS", "CONVERGED_KEYS", "report", "weight_layers"]
 
@@ -226,10 +228,11 @@ def report(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_options(bins, samples, tolerance, max_samples, atol, method)
+    seed = shared(model, _resolve_seed(seed))  # rank 0's seed on every rank of a sharded model
     options = _options(samples, seed, tolerance, atol, max_samples, method, False)
     shapes = dict(input_shapes or {})
     rows: list[CausalRow] = []
-    with preserved(model):
+    with full_weights(model), preserved(model):
         layers = weight_layers(model, activations)
         if not layers:
             raise ValueError(f"{type(model).__name__} has no layer foresight.causal can measure "

@@ -13,6 +13,7 @@ from torch import nn
 
 from foresight._guard import preserved
 from foresight._result import Result
+from foresight.distributed import full_weights
 from foresight.ei.engine import DEFAULT_MAX_DENSE_BYTES, LayerStats, degeneracy_of, layer_stats
 from foresight.ei.norms import lin_norm
 from foresight.ei.registry import Shape, is_supported
@@ -121,7 +122,7 @@ def _collect(
         raise TypeError(
             f"norm must be lin_norm, soft_norm, sig_norm, None or a callable, got {norm!r}"
         )
-    with preserved(model), torch.no_grad():
+    with full_weights(model), preserved(model), torch.no_grad():
         names: dict[nn.Module, str] = {}
         for n, m in model.named_modules(remove_duplicate=False):
             names.setdefault(m, n)
@@ -329,15 +330,16 @@ def report(
     >>> abs(r.ei - ei(net, torch.randn(1, 8))) < 1e-12
     True
     """
-    stats, skipped = _collect(model, input, shapes, norm, device, strict, max_dense_bytes)
-    rows = []
-    for name, module, s in stats:
-        det, deg = s.determinism, s.degeneracy
-        value = deg - det
-        eff = value / math.log2(s.n_out) if s.n_out > 1 else 0.0
-        rows.append(
-            LayerEI(name, type(module).__name__, s.n_in, s.n_out, det, deg, value, eff)
-        )
+    with full_weights(model):  # the layer types as unsharded (Linear, not FSDP's FSDPLinear)
+        stats, skipped = _collect(model, input, shapes, norm, device, strict, max_dense_bytes)
+        rows = []
+        for name, module, s in stats:
+            det, deg = s.determinism, s.degeneracy
+            value = deg - det
+            eff = value / math.log2(s.n_out) if s.n_out > 1 else 0.0
+            rows.append(
+                LayerEI(name, type(module).__name__, s.n_in, s.n_out, det, deg, value, eff)
+            )
     layer = [s for _, _, s in stats]
     det, deg = _determinism(layer), degeneracy_of(layer)
     return EIReport(deg - det, det, deg, rows, skipped, _norm_name(norm))

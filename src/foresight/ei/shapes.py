@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from foresight._guard import preserved
+from foresight.distributed import full_weights
 from foresight.ei.registry import PASS_OVER, Shape, is_supported
 
 __all__ = ["get_shapes", "record_shapes", "unsupported_layers"]
@@ -35,7 +36,7 @@ def get_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Sha
     >>> list(get_shapes(net, torch.randn(5, 4)).values())
     [((5, 4), (5, 3)), ((5, 3), (5, 2))]
     """
-    with preserved(model):
+    with full_weights(model), preserved(model):
         return record_shapes(model, input)
 
 

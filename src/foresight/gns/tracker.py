@@ -17,12 +17,22 @@ parameter, as of the last step):
   parameters   with ``per_example=False``. A hook on the parameter sees each micro-batch's gradient
   before it is accumulated into ``.grad``; the big batch is the accumulated gradient. Needs >= 2
   micro-batches
-  per step (gradient accumulation, sizes may differ), or DDP.
-* **DDP** (``DistributedDataParallel``): the rank's local gradient (the micro-batch sum, read by
-  the parameter hook *before* DDP's all-reduce replaces ``.grad``) is the small batch of
-  :math:`b = ` the rank's examples, the all-reduced ``.grad`` the big batch of :math:`b \\times`
-  world size. Per-example squared norms are averaged over ranks too. The ranks' small-batch values
-  travel in **one** ``all_reduce`` of a few scalars per step; DDP's own communication is untouched.
+  per step (gradient accumulation, sizes may differ), or DDP/FSDP2.
+* **DDP** (``DistributedDataParallel``) and **FSDP2** (``fully_shard``): the rank's local
+  gradient (the micro-batch sum, read by the parameter hook *before* DDP's all-reduce or FSDP's
+  reduce-scatter; under FSDP2 the hook sits on the unsharded parameter the forward pass reads) is
+  the small batch of the rank's :math:`b_r` examples, the reduced gradient the big batch of all
+  :math:`B = \\sum_r b_r` examples. Per-example squared norms are pooled over the ranks. Under
+  FSDP2 the gradients are ``DTensor`` shards: the big batch's squared norm is the sum over ranks of
+  the local shards' squared norms. All of it -- small-batch values, shard norms, batch sizes --
+  travels in **one** ``all_reduce`` of a few float64 scalars per measured step
+  (:func:`foresight.distributed.all_reduce_sum`); DDP's and FSDP's own communication is untouched.
+  Every rank must call ``step()`` on every step (it is collective on the measured ones); a step
+  that one rank cannot measure is skipped on all of them. With uneven batches across ranks the
+  small batch is the ranks' harmonic mean batch (exact for ``loss_reduction="mean"`` and
+  ``"sum"``). HSDP (a 2-D mesh) raises a clear error. Gradient accumulation: under
+  ``ddp.no_sync()`` / ``model.set_requires_gradient_sync(False)`` for all but the last
+  micro-batch; ``step()`` after a backward pass that did not synchronise raises.
 
 The big-batch gradient is read from ``.grad`` at ``step()``, so call ``step()`` after the last
 ``backward()`` of the step and **before** gradient clipping, ``scaler.unscale_()`` and
@@ -66,12 +76,14 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from foresight import distributed
 from foresight.gns.estimators import (
     NoiseScale,
     _unbiased,
@@ -109,15 +121,18 @@ class GradientNoiseScale:
     """Track the gradient noise scale during training (see the module documentation).
 
     Args:
-        model: the model being trained, or its ``DistributedDataParallel`` wrapper.
+        model: the model being trained, its ``DistributedDataParallel`` wrapper, or a model
+            sharded with FSDP2's ``fully_shard`` (applied to the root too).
         beta: EMA decay of the smoothed :math:`|G|^2` and :math:`\\mathrm{tr}(\\Sigma)`.
         loss_reduction: ``"mean"`` (``.grad`` is the mean gradient over the step's examples) or
             ``"sum"``.
         groups: optional ``{name: parameters}`` (e.g. the optimizer's parameter groups) for the
             per-group estimates; by default one group per layer.
         per_example: use per-example norms where the layer core can follow the parameter
-            (default); ``False`` uses the micro-batch/DDP estimator for every parameter.
+            (default); ``False`` uses the micro-batch/DDP/FSDP2 estimator for every parameter.
         every: measure on every ``every``-th step only (near-zero cost on the others).
+        wrapper: the ``DistributedDataParallel`` wrapper around ``model`` when ``model`` is the
+            module inside it (e.g. a LightningModule under ``strategy="ddp"``).
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
@@ -145,6 +160,7 @@ class GradientNoiseScale:
         groups: dict[str, Iterable[nn.Parameter]] | None = None,
         per_example: bool = True,
         every: int = 1,
+        wrapper: nn.Module | None = None,
     ) -> None:
         check_reduction(loss_reduction)
         if not 0.0 <= beta < 1.0:
@@ -153,12 +169,14 @@ class GradientNoiseScale:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        from torch.nn.parallel import DistributedDataParallel
-
-        self.distributed = isinstance(model, DistributedDataParallel)
-        module: nn.Module = model.module if self.distributed else model
+        self.parallel = distributed.detect(model, wrapper)
+        self.parallel.check_gradients()
+        self.distributed = self.parallel.kind != "none"
+        module: nn.Module = self.parallel.module
         self.compiled = _compiled(module)
         module = getattr(module, "_orig_mod", module)
+        if module is not self.parallel.module:
+            self.parallel.module = module
         self.module = module
         self.beta = beta
         self.loss_reduction = loss_reduction
@@ -172,6 +190,13 @@ class GradientNoiseScale:
         self._assign_groups()
         self._handles: list = []
         self._param_handles: dict[int, Any] = {}
+        self._hooked_on: dict[int, int] = {}  # parameter -> id of the tensor carrying its hook
+        self._open: list[str] = []  # the model's calls in progress (see _pre_forward)
+        self._sharded_ready: tuple | None = None  # FSDP2: hooked for these requires_grad
+        #: ``callable(module) -> bool``: calls of the model for which it returns ``True`` are
+        #: not forward passes (a wrapper's redirection, e.g. Lightning's under DDP, whose
+        #: ``training_step`` calls the real forward inside); calls nested in them are.
+        self.skip_call: Any = None
         self._closed = False
         self._plan: Plan | None = None
         self._plan_sig: tuple | None = None
@@ -196,7 +221,7 @@ class GradientNoiseScale:
     # ------------------------------------------------------------------ setup
 
     def _named(self) -> dict[str, nn.Parameter]:
-        return dict(self.module.named_parameters())
+        return self.parallel.params()
 
     def _assign_groups(self) -> None:
         named = self._named()
@@ -227,20 +252,48 @@ class GradientNoiseScale:
         self._hook_params()
 
     def _hook_params(self) -> None:
-        for _, p in self.module.named_parameters():
-            if p.requires_grad and id(p) not in self._param_handles:
-                self._param_handles[id(p)] = p.register_hook(self._param_hook(p))
+        """A gradient hook per trainable parameter, on the tensor the forward pass reads (under
+        FSDP2 the unsharded parameter; hooked again if FSDP replaced it)."""
+        tensors = self.parallel.forward_tensors()
+        for name, p in self._named().items():
+            if not p.requires_grad:
+                continue
+            t = tensors.get(name, p)
+            if t is not p and t.requires_grad != p.requires_grad:
+                t.requires_grad_(p.requires_grad)  # what FSDP does at its next unshard
+            if self._hooked_on.get(id(p)) == id(t):
+                continue
+            old = self._param_handles.pop(id(p), None)
+            if old is not None:
+                old.remove()
+            self._param_handles[id(p)] = t.register_hook(self._param_hook(name, p))
+            self._hooked_on[id(p)] = id(t)
+
+    def _prepare_sharded(self) -> None:
+        """FSDP2: make sure every unsharded parameter exists (one all-gather, before the first
+        forward pass reaches the inner modules) and carries the hook; again after a re-plan."""
+        key = tuple(p.requires_grad for p in self.module.parameters())
+        if self._sharded_ready == key:
+            return
+        self.parallel.refresh()
+        if self.parallel.missing_forward_tensors():
+            with distributed.full_weights(self.module):
+                pass
+            self.parallel.refresh()
+        self._hook_params()
+        self._sharded_ready = None if self.parallel.missing_forward_tensors() else key
 
     def _reset_step(self) -> None:
         self._example_sq: dict[str, float] = {}  # group -> sum over examples of |g_i|^2
         self._example_count = 0
         self._micro: dict[int, list[tuple[float, int]]] = {}  # param -> [(|c_k|^2, b_k)]
-        self._local_sq: dict[int, Tensor] = {}  # param -> |sum_k c_k|^2 so far (DDP)
+        self._local_sq: dict[int, Tensor] = {}  # param -> |sum_k c_k|^2 so far (DDP, FSDP2)
         self._micro_sizes: list[int] = []
         self._caps: list[tuple[Capture, int]] = []
         self._per_example_ids: set[int] = set()
         self._step_notes: list[str] = []
         self._inexact = False
+        self._synced = True  # whether the last backward pass synchronised the gradients
 
     # ------------------------------------------------------------------ planning
 
@@ -250,9 +303,11 @@ class GradientNoiseScale:
             return
         self._plan_sig = sig
         self._assign_groups()
+        if self.parallel.sharded:
+            self.parallel.refresh()
         self._hook_params()
         try:
-            with suspend_trackers():
+            with suspend_trackers(), distributed.full_weights(self.module):
                 self._plan = discover(self.module, args, kwargs)
             self._plan_error = None
         except DiscoveryError as exc:
@@ -271,36 +326,48 @@ class GradientNoiseScale:
     # ------------------------------------------------------------------ hooks
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # every call pushes what it is, its post-forward hook pops it: "count" (a forward pass
+        # of the step), "inner" (a nested call, part of the outer pass) or "ignore"
+        self._open.append(self._enter(module, args, kwargs))
+
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> str:
         if self._closed or trackers_suspended() or not torch.is_grad_enabled():
-            return
+            return "ignore"
         if not self._measuring:
-            return
+            return "ignore"
         if _is_compiling():
             self.compiled = True
-            return
-        if self._active is not None:  # a nested call of the model: part of the outer pass
-            return
+            return "ignore"
+        if "count" in self._open:  # a nested call of the model: part of the outer pass
+            return "inner"
+        if self.skip_call is not None and self.skip_call(module):
+            return "ignore"
         self._fw_batch = batch_inputs(args, kwargs) if _has_tensor(args, kwargs) else 1
+        if self.parallel.sharded:
+            self._prepare_sharded()
         if not self.per_example or self.compiled:
-            return
+            return "count"
         self._replan(args, kwargs)
         named = self._named()
         wanted = self._per_example_names(named)
         if not wanted:
-            return
-        cap = Capture(self._plan, module, self._fw_batch, wanted)
+            return "count"
+        cap = Capture(self._plan, module, self._fw_batch, wanted,
+                      tensors=self.parallel.forward_tensors())
         self._pe_now = {id(named[n]) for n in wanted}
         cap.__enter__()
         self._active = cap
+        return "count"
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._closed or trackers_suspended() or not torch.is_grad_enabled():
-            return
-        if not self._measuring or _is_compiling():
+        entry = self._open.pop() if self._open else "ignore"
+        if entry != "count":
             return
         cap, self._active = self._active, None
         if cap is not None:
             cap.__exit__(None, None, None)
+        if self._closed:
+            return
         if sys.exc_info()[0] is not None:  # the forward pass raised: it does not count
             if cap is not None:
                 cap.release()
@@ -316,20 +383,26 @@ class GradientNoiseScale:
             return
         self._caps.append((cap, self._micro_sizes[-1]))
 
-    def _param_hook(self, p: nn.Parameter):
+    def _param_hook(self, name: str, p: nn.Parameter):
         pid = id(p)
+        par = self.parallel
 
         def hook(grad: Tensor) -> None:
-            if self._closed or not self._measuring or pid in self._pe_now:
+            if self._closed or not self._measuring:
                 return
             if trackers_suspended() or any(c.busy for c, _ in self._caps) or (
                 self._active is not None and self._active.busy
             ):
                 return
+            if self.distributed:
+                self._synced = par.syncing()
+            if pid in self._pe_now:
+                return
             with torch.no_grad():
                 if self.distributed:
-                    old = p.grad
-                    local = grad if old is None else old + grad
+                    local = grad
+                    for old in par.local_grad(name, p):  # earlier micro-batches of this rank
+                        local = local + old.to(grad.dtype)
                     self._local_sq[pid] = _sq(local)
                 elif self._micro_sizes:
                     self._micro.setdefault(pid, []).append((float(_sq(grad)),
@@ -338,13 +411,6 @@ class GradientNoiseScale:
         return hook
 
     # ------------------------------------------------------------------ estimation
-
-    def _world(self) -> int:
-        if not self.distributed:
-            return 1
-        import torch.distributed as dist
-
-        return dist.get_world_size() if dist.is_initialized() else 1
 
     def step(self, *, loss_scale: float = 1.0) -> NoiseScale:
         """Fold the step's gradients into the estimate and return the smoothed one.
@@ -432,31 +498,120 @@ class GradientNoiseScale:
         sizes = self._micro_sizes
         named = self._named()
         trainable = {n: p for n, p in named.items() if p.requires_grad}
-        cover: dict[str, str] = {}
-        if not sizes:
-            self._coverage = {n: "excluded: no forward pass with gradients this step"
-                              for n in trainable}
-            return None
+        collective = self.parallel.collective
+        if collective and not self._synced:
+            raise RuntimeError(
+                "GradientNoiseScale.step(): the last backward pass did not synchronise the "
+                "gradients (it ran under ddp.no_sync() / set_requires_gradient_sync(False)), so "
+                ".grad is not the reduced gradient yet. Run the last micro-batch of the step with "
+                "synchronisation on, then call step()."
+            )
         n_micro = len(sizes)
         b_local = sum(sizes)
-        world = self._world()
-        b_big = b_local * world
-        if self._inexact:
-            self._coverage = {n: "excluded: " + "; ".join(self._step_notes) for n in trainable}
-            self._warn_once("deviation", "GradientNoiseScale: this step is not measured: "
-                            + "; ".join(self._step_notes) + ". The model is planned again.")
+        problem = self._local_problem(loss_scale, b_local, trainable, named)
+        if problem is not None and not collective:
             return None
-        try:
-            self._collect_examples(loss_scale, b_local, named)
-        except _CaptureFailed as exc:
-            self._coverage = {n: f"excluded: per-example capture failed ({exc})"
-                              for n in trainable}
-            self._warn_once("capture", f"GradientNoiseScale: per-example capture failed: {exc}")
-            return None
-        alpha = 1.0 / b_local if self.loss_reduction == "mean" else 1.0
+        world = self.parallel.world if collective else 1
+        alpha = 1.0 / b_local if self.loss_reduction == "mean" and b_local else 1.0
         s2 = loss_scale**2
+        kind_of = self._kinds(trainable, n_micro, world) if problem is None else {}
+        # the step's local sums per (group, kind): |.grad|^2 (local shard under FSDP2) and the
+        # small-batch value (per-example: sum over examples; micro-batch: |G_rank|^2)
+        big: dict[tuple[str, str], float] = {}
+        measured = [p for p in trainable.values() if id(p) in kind_of]
+        with_grad = [p for p in measured if p.grad is not None]
+        for p in measured:
+            big.setdefault((self._group_of[id(p)], kind_of[id(p)]), 0.0)
+        grads = [distributed.local(p.grad) for p in with_grad]
+        for p, v in zip(with_grad, _sq_norms(grads)):
+            big[(self._group_of[id(p)], kind_of[id(p)])] += v
+        present = list(dict.fromkeys((self._group_of[pid], k) for pid, k in kind_of.items()))
+        small: dict[tuple[str, str], float] = {}
+        for key in present:
+            gname, kind = key
+            if kind == "norm":
+                small[key] = self._example_sq.get(gname, 0.0)
+            elif collective:
+                loc = sum(
+                    float(v)
+                    for pid, v in self._local_sq.items()
+                    if self._group_of.get(pid) == gname and kind_of.get(pid) == "micro"
+                )
+                small[key] = loc / (alpha * b_local) ** 2 / s2
+            else:
+                # micro-batch k of b_k examples: g_k = c_k / (alpha b_k); E|g_k|^2 = |G|^2 + S/b_k
+                total = 0.0
+                for pid, seen in self._micro.items():
+                    if self._group_of.get(pid) != gname or kind_of.get(pid) != "micro":
+                        continue
+                    for sq, b in seen:
+                        total += sq / (alpha * b) ** 2
+                small[key] = total / n_micro / s2
+        if collective:
+            pairs = self._reduce(problem is None, present, small, big, b_local, s2)
+            if pairs is None:
+                if problem is None:
+                    self._coverage = {n: "excluded: another rank could not measure this step"
+                                      for n in trainable}
+                return None
+            b_big = pairs.pop(("", "batch"))[0]
+        else:
+            b_big = float(b_local)
+            harmonic = n_micro / sum(1.0 / b for b in sizes)
+            gscale = (1.0 / (alpha * b_local)) ** 2 / s2
+            pairs = {}
+            for key in present:
+                sq_big = big.get(key, 0.0) * gscale
+                if key[1] == "norm":
+                    pairs[key] = (small[key] / b_local, 1.0, sq_big, b_big)
+                else:
+                    pairs[key] = (small[key], harmonic, sq_big, b_big)
+        parts: dict[str, list[float]] = {}
+        for key, (value, b_small, sq_big, b_eff) in pairs.items():
+            if not b_small < b_eff:
+                continue
+            g2, tr = _unbiased(value, sq_big, b_small, b_eff)
+            acc = parts.setdefault(key[0], [0.0, 0.0])
+            acc[0] += g2
+            acc[1] += tr
+        if not parts:
+            return None
+        layers = [
+            dict(name=g, b_simple=ratio(tr, g2), trace_sigma=tr, grad_sq_norm=g2)
+            for g, (g2, tr) in parts.items()
+        ]
+        g_total = sum(v[0] for v in parts.values())
+        tr_total = sum(v[1] for v in parts.values())
+        return NoiseScale.from_parts(g_total, tr_total, int(round(b_big)), layers)
+
+    def _local_problem(self, loss_scale: float, b_local: int,
+                       trainable: dict[str, nn.Parameter], named: dict) -> str | None:
+        """Why this rank cannot measure this step (``None``: it can); sets the coverage then."""
+        problem = None
+        if not self._micro_sizes:
+            problem = "no forward pass with gradients this step"
+        elif self._inexact:
+            problem = "; ".join(self._step_notes)
+            self._warn_once("deviation", "GradientNoiseScale: this step is not measured: "
+                            + problem + ". The model is planned again.")
+        else:
+            try:
+                self._collect_examples(loss_scale, b_local, named)
+            except _CaptureFailed as exc:
+                problem = f"per-example capture failed ({exc})"
+                self._warn_once("capture",
+                                f"GradientNoiseScale: per-example capture failed: {exc}")
+        if problem is not None:
+            self._coverage = {n: "excluded: " + problem for n in trainable}
+        return problem
+
+    def _kinds(self, trainable: dict[str, nn.Parameter], n_micro: int,
+               world: int) -> dict[int, str]:
+        """Per trainable parameter: ``"norm"`` (per-example) or ``"micro"`` (micro-batch or
+        rank-local gradient); sets the coverage and warns about what is left out."""
         micro_ok = world > 1 or n_micro >= 2
         kind_of: dict[int, str] = {}
+        cover: dict[str, str] = {}
         reasons = self._exclusion_reasons()
         excluded: dict[str, str] = {}
         for n, p in trainable.items():
@@ -493,58 +648,59 @@ class GradientNoiseScale:
                 "to include them."
             ))
         self._coverage = cover
-        # global mean gradient per (group, kind), from .grad
-        big: dict[tuple[str, str], float] = {}
-        measured = [p for p in trainable.values() if id(p) in kind_of]
-        with_grad = [p for p in measured if p.grad is not None]
-        for p in measured:
-            big.setdefault((self._group_of[id(p)], kind_of[id(p)]), 0.0)
-        for p, v in zip(with_grad, _sq_norms([p.grad for p in with_grad])):
-            key = (self._group_of[id(p)], kind_of[id(p)])
-            big[key] += v
-        gscale = (world / (alpha * b_big)) ** 2 / s2
-        small: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (|G_small|^2, b_small)
-        harmonic = n_micro / sum(1.0 / b for b in sizes)
-        for key in dict.fromkeys((self._group_of[pid], k) for pid, k in kind_of.items()):
-            gname, kind = key
-            if kind == "norm":
-                value = self._example_sq.get(gname, 0.0) / b_local
-                small[key] = (value, 1.0)
-            elif world > 1:
-                loc = sum(
-                    float(v)
-                    for pid, v in self._local_sq.items()
-                    if self._group_of.get(pid) == gname and kind_of.get(pid) == "micro"
-                )
-                small[key] = (loc / (alpha * b_local) ** 2 / s2, float(b_local))
-            else:
-                # micro-batch k of b_k examples: g_k = c_k / (alpha b_k); E|g_k|^2 = |G|^2 + S/b_k
-                total = 0.0
-                for pid, seen in self._micro.items():
-                    if self._group_of.get(pid) != gname or kind_of.get(pid) != "micro":
-                        continue
-                    for sq, b in seen:
-                        total += sq / (alpha * b) ** 2
-                small[key] = (total / n_micro / s2, harmonic)
-        if world > 1:
-            small = self._all_reduce_mean(small)
-        parts: dict[str, list[float]] = {}
-        for key, (value, b_small) in small.items():
-            if not b_small < b_big:
-                continue
-            g2, tr = _unbiased(value, big.get(key, 0.0) * gscale, b_small, float(b_big))
-            acc = parts.setdefault(key[0], [0.0, 0.0])
-            acc[0] += g2
-            acc[1] += tr
-        if not parts:
+        return kind_of
+
+    def _reduce(self, valid: bool, present: list[tuple[str, str]],
+                small: dict[tuple[str, str], float], big: dict[tuple[str, str], float],
+                b_local: int, s2: float
+                ) -> dict[tuple[str, str], tuple[float, float, float, float]] | None:
+        """The ONE collective of a measured step under DDP/FSDP2, and what it gives.
+
+        Every rank sends the same layout -- ``[valid, key fingerprint, b_r, 1/b_r]``, then one
+        small-batch value per (group, kind) of :attr:`group_names`, then (FSDP2 only) the local
+        shards' :math:`|g|^2` per (group, kind) -- so the vector never depends on what happened
+        on one rank. Returns ``{key: (small value, b_small, |G_big|^2, b_big)}`` (and the total
+        batch under ``("", "batch")``), or ``None`` when some rank could not measure the step.
+        """
+        par = self.parallel
+        world = par.world
+        layout = [(g, k) for g in self.group_names for k in ("norm", "micro")]
+        sharded = par.sharded
+        finger = float(sum(zlib.crc32(f"{g}\0{k}".encode()) & 0xFFFFF for g, k in present))
+        head = [1.0 if valid else 0.0, finger if valid else 0.0,
+                float(b_local) if valid else 0.0, 1.0 / b_local if valid and b_local else 0.0]
+        vec = head + [small.get(key, 0.0) for key in layout]
+        if sharded:
+            vec += [big.get(key, 0.0) for key in layout]
+        device = next((p.device for p in self._named().values()), None)
+        out = distributed.all_reduce_sum(vec, group=par.group, device=device)
+        n_valid, finger_sum, b_sum, inv_sum = out[:4]
+        if n_valid < world - 0.5:
             return None
-        layers = [
-            dict(name=g, b_simple=ratio(tr, g2), trace_sigma=tr, grad_sq_norm=g2)
-            for g, (g2, tr) in parts.items()
-        ]
-        g_total = sum(v[0] for v in parts.values())
-        tr_total = sum(v[1] for v in parts.values())
-        return NoiseScale.from_parts(g_total, tr_total, b_big, layers)
+        if abs(finger_sum - world * finger) > 0.5:
+            raise distributed.DistributedError(
+                "GradientNoiseScale: the ranks measured different parameter groups this step "
+                "(per-example planning failed on some ranks only, e.g. a forward pass that "
+                "depends on the data, or the trainable parameters differ between ranks); use "
+                "per_example=False, which measures every parameter the same way on every rank"
+            )
+        smalls = dict(zip(layout, out[4 : 4 + len(layout)]))
+        bigs = dict(zip(layout, out[4 + len(layout):])) if sharded else big
+        harmonic = world / inv_sum
+        if self.loss_reduction == "mean":  # .grad = mean over ranks of the ranks' means
+            gscale, b_eff = 1.0 / s2, world * harmonic
+        else:  # .grad = (1/world) sum over all examples
+            gscale, b_eff = (world / b_sum) ** 2 / s2, b_sum
+        pairs: dict[tuple[str, str], tuple[float, float, float, float]] = {
+            ("", "batch"): (b_sum, 0.0, 0.0, 0.0)
+        }
+        for key in present:
+            sq_big = bigs.get(key, 0.0) * gscale
+            if key[1] == "norm":
+                pairs[key] = (smalls[key] / b_sum, 1.0, sq_big, b_eff)
+            else:
+                pairs[key] = (smalls[key] / world, harmonic, sq_big, b_eff)
+        return pairs
 
     def _exclusion_reasons(self) -> dict[str, str]:
         plan = self._plan
@@ -570,18 +726,6 @@ class GradientNoiseScale:
             return
         self._warned.add(key)
         warnings.warn(message, stacklevel=4)
-
-    def _all_reduce_mean(self, small: dict) -> dict:
-        import torch.distributed as dist
-
-        names = sorted(small)
-        if not names:
-            return small
-        device = next(self.module.parameters()).device
-        vec = torch.tensor([small[n][0] for n in names], dtype=torch.float64, device=device)
-        dist.all_reduce(vec)
-        vec /= dist.get_world_size()
-        return {n: (float(v), small[n][1]) for n, v in zip(names, vec.tolist())}
 
     def coverage(self) -> dict[str, str]:
         """For every trainable parameter, how its small-batch norm was obtained at the last

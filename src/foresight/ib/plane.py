@@ -28,6 +28,7 @@ from torch import nn
 from foresight._guard import preserved
 from foresight._progress import bar as progress_bar
 from foresight._result import Result
+from foresight.distributed import full_weights
 from foresight.ib._samples import as_samples, positive_int, same_length
 from foresight.ib.binning import bin_indices
 from foresight.ib.discrete import (
@@ -174,7 +175,7 @@ def collect_representations(
 
         return hook
 
-    with preserved(model):
+    with full_weights(model), preserved(model):
         model.eval()
         for name in hooked:
             modules[name].register_forward_hook(make_hook(name))

@@ -6,7 +6,8 @@
 
     trainer = lightning.pytorch.Trainer(callbacks=[ForesightCallback(["ei", "gns"])])
 
-The callback creates the Monitor on the LightningModule at ``setup``, calls ``monitor.step()``
+The callback creates the Monitor on the LightningModule at ``on_fit_start`` (after the strategy
+has wrapped or sharded it), calls ``monitor.step()``
 once per optimizer step (in ``on_before_optimizer_step``: after the accumulated backward passes and
 before gradient clipping, which is where the gradient noise scale must be read) and
 ``monitor.epoch_end()`` at the end of each training epoch (after validation), passing the scalar
@@ -16,6 +17,12 @@ trainer's own loggers (TensorBoard, CSV, W&B ...) under ``foresight/<key>`` with
 ``epoch`` entry, as Lightning logs its metrics (so the ``epoch`` column of ``CSVLogger``'s file is
 filled on foresight's rows too). The trainer's metrics are not sent back to its loggers: there is
 ``train_loss``, never a duplicate ``foresight/train_loss``.
+
+Under ``strategy="ddp"`` (and FSDP2 via ``fully_shard`` in ``configure_model``) the callback runs on
+every rank and the Monitor is collective (see :class:`foresight.Monitor`): the metrics measure
+the LightningModule, the gradient noise scale reads the DDP wrapper's reduced gradients, every
+rank holds the same records, and only rank 0 writes to the sinks (the trainer's loggers write on
+rank 0 only anyway).
 """
 
 from __future__ import annotations
@@ -104,14 +111,18 @@ class ForesightCallback(_lightning.Callback):
         """The records measured so far (kept after ``fit`` ends)."""
         return self.monitor.history if self.monitor is not None else self._history
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or self.monitor is not None:
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None:
             return
         sinks = list(self.sinks)
         if self.log and trainer.loggers:
             sinks.append(_TrainerLoggers(trainer, self.prefix, self._trainer_keys))
         self.monitor = Monitor(pl_module, self.metric_specs, schedule=self.schedule,
-                               unit=self.unit, sinks=sinks)
+                               unit=self.unit, sinks=sinks, wrapper=_ddp_wrapper(trainer))
+        for m in self.monitor.metrics:
+            tracker = getattr(m, "tracker", None)
+            if tracker is not None and hasattr(tracker, "skip_call"):
+                tracker.skip_call = _redirected
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -140,6 +151,22 @@ class ForesightCallback(_lightning.Callback):
 
 
 _RESERVED = ("step", "epoch", "batch")
+
+
+def _ddp_wrapper(trainer: Any) -> Any:
+    """The strategy's ``DistributedDataParallel`` wrapper around the LightningModule, if any."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = getattr(trainer.strategy, "model", None)
+    return model if isinstance(model, DistributedDataParallel) else None
+
+
+def _redirected(module: Any) -> bool:
+    """Whether this call of the LightningModule is Lightning's forward redirection (under DDP the
+    wrapper calls the module with ``forward`` patched to ``training_step``, which then calls the
+    real ``forward``): not a forward pass of the model."""
+    forward = module.__dict__.get("forward")
+    return "_ForwardRedirection" in getattr(forward, "__qualname__", "")
 
 
 def _scalars(metrics: Any) -> dict[str, Any]:

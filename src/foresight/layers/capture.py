@@ -116,15 +116,20 @@ class Capture(TorchFunctionMode):
         batch: the number of examples of this forward pass.
         params: the names of the parameters whose per-example norms are wanted (default: every
             trainable parameter of the plan).
+        tensors: ``{name: tensor}``, the tensors the forward pass reads for the parameters, where
+            they are not the registered parameters (FSDP2's unsharded parameters, from
+            :meth:`foresight.distributed.Parallel.forward_tensors`); default
+            ``model.named_parameters()``.
     """
 
     def __init__(
-        self, plan: Plan, model: nn.Module, batch: int, params: set[str] | None = None
+        self, plan: Plan, model: nn.Module, batch: int, params: set[str] | None = None,
+        tensors: dict[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.plan = plan
         self.batch = int(batch)
-        named = dict(model.named_parameters())
+        named = dict(model.named_parameters()) if tensors is None else dict(tensors)
         self.by_id = {id(p): n for n, p in named.items()}
         self.tensors = named
         self.wanted = set(plan.params) if params is None else set(params)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from foresight import distributed
 from foresight._guard import preserved
 from foresight.monitor.metrics import Context, as_metric
 from foresight.monitor.sinks import History, Record, Sink
@@ -35,8 +37,18 @@ class Monitor:
     hooks, ``.grad``, ``requires_grad`` and buffers restored) with the random number generators
     forked (so perturbation or sampling noise does not shift your data order or dropout masks).
 
+    Under DDP and FSDP2 (a ``DistributedDataParallel`` wrapper, or a model sharded with
+    ``fully_shard``; see :mod:`foresight.distributed`) create the Monitor on every rank and call
+    it on every rank: a measurement is collective. The metrics run on every rank in the same
+    order -- on the full weights for a sharded model (:func:`foresight.distributed.full_weights`,
+    one all-gather per measurement) and on the inner module of a DDP wrapper -- then one
+    ``all_gather_object`` gives every rank rank 0's record (identical values everywhere, and an
+    error on one rank raises on all of them). The values you pass (``loss=``) are rank 0's too:
+    pass a value reduced over the ranks if you want the mean. Only rank 0 writes to the sinks:
+    give every rank the same sinks. A Monitor on a plain module never communicates.
+
     Args:
-        model: the model being trained.
+        model: the model being trained (or its ``DistributedDataParallel`` wrapper).
         metrics: names (``"ei"``, ``"gns"``, ``"causal"``), adapters from :mod:`foresight.monitor`
             (:class:`EI`, :class:`GradientNoise`, :class:`InformationPlane`, :class:`CausalEI`) or
             callables ``fn(model) -> float | dict``.
@@ -45,6 +57,8 @@ class Monitor:
         unit: ``"epoch"`` or ``"step"``: which counter the schedule reads.
         sinks: where records go besides ``history`` (:class:`CSVSink`, :class:`TensorBoardSink`,
             :class:`WandbSink`, or any object with ``write(record)`` and ``close()``).
+        wrapper: the ``DistributedDataParallel`` wrapper around ``model`` when ``model`` is the
+            module inside it (e.g. a LightningModule under ``strategy="ddp"``).
 
     Example:
         >>> import torch
@@ -67,6 +81,7 @@ class Monitor:
         schedule: Schedule = _EVERY,
         unit: str = "epoch",
         sinks: Iterable[Sink] = (),
+        wrapper: nn.Module | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Monitor: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -77,6 +92,9 @@ class Monitor:
         if isinstance(metrics, (str, bytes)) or callable(metrics):
             metrics = [metrics]
         self.model = model
+        self.parallel = distributed.detect(model, wrapper)
+        #: the module the metrics measure (the inner module of a DDP wrapper)
+        self.module = self.parallel.module
         self.metrics = [as_metric(m) for m in metrics]
         names = [getattr(m, "name", "") for m in self.metrics]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -95,8 +113,12 @@ class Monitor:
         self._stepping = [m for m in self.metrics if callable(getattr(m, "after_step", None))]
         self._closed = False
         for m in self.metrics:
-            if callable(getattr(m, "attach", None)):
-                m.attach(model)
+            attach = getattr(m, "attach", None)
+            if callable(attach):
+                if self.parallel.wrapper is not None and _takes(attach, "wrapper"):
+                    attach(self.module, wrapper=self.parallel.wrapper)
+                else:
+                    attach(model)
 
     # -- the calls a training loop makes ------------------------------------------------------
 
@@ -120,7 +142,7 @@ class Monitor:
             self._last_batch = batch
         context = Context(step=index, epoch=self.next_epoch, batch=batch, values=values)
         for m in self._stepping:
-            m.after_step(self.model, context)
+            m.after_step(self.module, context)
         if self.unit == "step" and self.schedule(index):
             return self._measure(context)
         return None
@@ -159,8 +181,9 @@ class Monitor:
         for m in self.metrics:
             if callable(getattr(m, "close", None)):
                 m.close()
-        for sink in self.sinks:
-            sink.close()
+        if self._writes:
+            for sink in self.sinks:
+                sink.close()
 
     def __enter__(self) -> Monitor:
         return self
@@ -174,16 +197,31 @@ class Monitor:
         if self._closed:
             raise RuntimeError("Monitor: this monitor was closed; create a new one")
 
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes to the sinks (rank 0 of a collective Monitor; always
+        otherwise)."""
+        return not self.parallel.collective or distributed.is_main()
+
     def _measure(self, context: Context) -> Record:
         record: Record = {"step": context.step, "epoch": context.epoch}
         for key, value in context.values.items():
             record[key] = _scalar(value, key)
-        with _isolated(self.model):
-            for m in self.metrics:
-                record.update(m.measure(self.model, context))
+
+        def run() -> Record:
+            with _isolated(self.module), distributed.full_weights(self.module):
+                for m in self.metrics:
+                    record.update(m.measure(self.module, context))
+            return record
+
+        if self.parallel.collective:  # rank 0's record, your values (loss=...) included
+            record = distributed.agree(run, same=(context.step, context.epoch))
+        else:
+            record = run()
         self.history.write(record)
-        for sink in self.sinks:
-            sink.write(record)
+        if self._writes:
+            for sink in self.sinks:
+                sink.write(record)
         return record
 
 
@@ -193,6 +231,13 @@ def _isolated(model: nn.Module) -> Iterator[None]:
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), preserved(model):
         yield
+
+
+def _takes(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _scalar(value: Any, key: str) -> Any:

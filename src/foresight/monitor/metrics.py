@@ -1,10 +1,13 @@
 """Adapters that let the :class:`~foresight.Monitor` run each of the library's metrics.
 
 A metric adapter has a ``name`` and a ``measure(model, context) -> dict[str, float]``; optionally
-``attach(model)`` (called once by the Monitor), ``after_step(model, context)`` (called on *every*
-``monitor.step()``; only metrics that must see every step define it) and ``close()``. Any plain
-callable ``fn(model)`` or ``fn(model, context)`` returning a number or a ``dict`` of numbers is a
-metric too (see :func:`as_metric`).
+``attach(model)`` (called once by the Monitor; ``attach(model, wrapper=ddp)`` when the Monitor
+was given the module inside a ``DistributedDataParallel`` wrapper and ``attach`` takes
+``wrapper``), ``after_step(model, context)`` (called on *every* ``monitor.step()``; only metrics
+that must see every step define it) and ``close()``. Any plain callable ``fn(model)`` or
+``fn(model, context)`` returning a number or a ``dict`` of numbers is a metric too (see
+:func:`as_metric`). Under DDP/FSDP2 ``measure`` runs on every rank, on the full weights of a
+sharded model, and the Monitor keeps rank 0's values; ``after_step`` runs on every rank.
 
 Record keys: the whole-model quantities use the metric's plain names (``ei``, ``determinism``,
 ``b_simple`` ...); per-layer quantities are ``"<quantity>/<layer name>"`` (``i_xt/fc1``), which
@@ -154,11 +157,11 @@ class GradientNoise:
     def tracking(self) -> bool:
         return self.loss_fn is None
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, wrapper: nn.Module | None = None) -> None:
         if self.tracking:
             from foresight.gns import GradientNoiseScale
 
-            self.tracker = GradientNoiseScale(model, **self.tracker_options)
+            self.tracker = GradientNoiseScale(model, wrapper=wrapper, **self.tracker_options)
 
     def after_step(self, model: nn.Module, context: Context) -> None:
         if self.tracker is not None:

@@ -120,8 +120,12 @@ class CSVSink:
 
     The file is foresight's own, so its names carry no prefix.
 
+    The file is created (parent directories too; an existing file is replaced) at the first
+    write, or at ``close()`` if nothing was written -- never by a sink that is not used, such as
+    the sinks of the ranks other than 0 under DDP/FSDP2, where only rank 0 writes.
+
     Args:
-        path: file to write (parent directories are created; an existing file is replaced).
+        path: file to write.
         layout: ``"wide"`` (default) or ``"long"``.
 
     >>> import csv, tempfile, os
@@ -137,16 +141,22 @@ class CSVSink:
             raise ValueError(f"CSVSink: layout must be 'wide' or 'long', got {layout!r}")
         self.path = os.fspath(path)
         self.layout = layout
+        self._rows: list[Record] = []
+        self._columns: list[str] = []
+        self._started = False
+
+    def _start(self) -> None:
+        self._started = True
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self._rows: list[Record] = []
-        self._columns: list[str] = []
         with open(self.path, "w", newline="") as f:
-            if layout == "long":
+            if self.layout == "long":
                 csv.writer(f).writerow(LONG_COLUMNS)
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if not self._started:
+            self._start()
         row = {k: _plain_scalar(v) for k, v in record.items()}
         if self.layout == "long":
             self._append_long(row)
@@ -178,7 +188,10 @@ class CSVSink:
             writer.writerows(self._rows)
 
     def close(self) -> None:
-        """Nothing stays open between writes."""
+        """Nothing stays open between writes; creates the (empty) file if nothing was
+        written."""
+        if not self._started:
+            self._start()
 
 
 class TensorBoardSink:
@@ -187,6 +200,9 @@ class TensorBoardSink:
     The record's ``step_key`` entry is the x axis (``global_step``); the other index entry is
     logged as a scalar of its own (``foresight/epoch`` against the step, or ``foresight/step``
     against the epoch), so both are in the event file.
+
+    A writer this sink creates is created at the first write (so unused sinks, such as those of
+    the ranks other than 0 under DDP/FSDP2, leave no event files).
 
     Args:
         log_dir: directory for the event files, or an existing ``SummaryWriter`` in ``writer``.
@@ -209,15 +225,20 @@ class TensorBoardSink:
             )
         if writer is None:
             require("tensorboard", "TensorBoardSink")
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(log_dir=None if log_dir is None else os.fspath(log_dir))
-            self._owns = True
-        else:
-            self._owns = False
-        self.writer = writer
+        self._owns = writer is None
+        self._writer = writer
+        self._log_dir = None if log_dir is None else os.fspath(log_dir)
         self.step_key = step_key
         self.prefix = _check_prefix(prefix, "TensorBoardSink")
+
+    @property
+    def writer(self) -> Any:
+        """The ``SummaryWriter`` (created on first use if this sink owns it)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self._log_dir)
+        return self._writer
 
     def write(self, record: Mapping[str, Any]) -> None:
         step = record.get(self.step_key)
@@ -232,9 +253,11 @@ class TensorBoardSink:
 
     def close(self) -> None:
         """Flush, and close the writer if this sink created it."""
-        self.writer.flush()
+        if self._writer is None:
+            return
+        self._writer.flush()
         if self._owns:
-            self.writer.close()
+            self._writer.close()
 
 
 class WandbSink:
@@ -246,7 +269,8 @@ class WandbSink:
 
     Args:
         run: an active ``wandb`` run; by default the current run, or a new one started with
-            ``wandb.init(**init_kwargs)``.
+            ``wandb.init(**init_kwargs)`` at the first write (so the unused sinks of the ranks
+            other than 0 under DDP/FSDP2 start no run).
         step_key: the record entry also passed as ``step=`` to ``run.log`` (``None``, the
             default: let wandb count, which never clashes with the run's other logging; W&B
             drops values logged with a step lower than one it has seen).
@@ -265,12 +289,19 @@ class WandbSink:
             raise ValueError(
                 f"WandbSink: step_key must be 'step', 'epoch' or None, got {step_key!r}"
             )
-        wandb = require("wandb", "WandbSink")
-        if run is None:
-            run = wandb.run if wandb.run is not None else wandb.init(**init_kwargs)
-        self.run = run
+        self._wandb = require("wandb", "WandbSink")
+        self._run = run
+        self._init_kwargs = init_kwargs
         self.step_key = step_key
         self.prefix = _check_prefix(prefix, "WandbSink")
+
+    @property
+    def run(self) -> Any:
+        """The ``wandb`` run (the current one, or one started on first use)."""
+        if self._run is None:
+            wandb = self._wandb
+            self._run = wandb.run if wandb.run is not None else wandb.init(**self._init_kwargs)
+        return self._run
 
     def write(self, record: Mapping[str, Any]) -> None:
         data = {
