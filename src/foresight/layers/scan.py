@@ -1,0 +1,239 @@
+r"""A cheap look at one forward pass: which modules run, with which shapes, and where each
+parameter is read.
+
+:func:`foresight.layers.discover` makes the full plan from three probe passes that copy every
+tensor they see (to find the batch dimension and how merged dimensions are ordered); on a
+ResNet-50 at 224x224 that is a few seconds. A metric that describes most layers as whole modules
+(:mod:`foresight.ei`) first asks :func:`scan`, one forward pass that copies nothing: every module
+call (its first tensor argument and output), every operation that reads a parameter (or a tensor
+computed from parameters only) and the modules it ran in, and a count of the parameter-free
+operations a metric passes over. When every parameter is read inside a module with a module rule
+(:mod:`foresight.layers.modules`) or of a passed-over kind (:mod:`foresight.layers.kinds`), the
+scan says all there is; otherwise the metric asks for the plan.
+
+A tensor *descends from the inputs* when it is an input or was computed from one; parameters and
+tensors computed from parameters alone (parametrizations, ``weight * gain``) do not. The scan
+tracks tensors by identity while they are alive (weak references: nothing is kept).
+
+>>> import torch
+>>> from torch import nn
+>>> s = scan(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4))
+>>> [(c.name, c.type, c.in_shape, c.out_shape) for c in s.calls]
+[('0', 'Linear', (2, 4), (2, 3)), ('1', 'ReLU', (2, 3), (2, 3)), ('', 'Sequential', (2, 4), (2, 3))]
+>>> [(r.op, r.stack[-1], r.params, r.on_batch) for r in s.reads]
+[('linear', '0', ('0.weight', '0.bias'), True)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from foresight.layers import kinds
+from foresight.layers.calls import flatten, func_name, outputs
+from foresight.layers.discover import _IGNORED_NAMES, _leaves, _plain, call_model
+
+__all__ = ["scan", "Scan", "ModuleCall", "Read"]
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """The first call of one module."""
+
+    name: str
+    type: str
+    module: nn.Module
+    stack: tuple[str, ...]  # names of the modules running around it, outermost first
+    in_shape: tuple[int, ...] | None  # first tensor argument (batch included)
+    out_shape: tuple[int, ...] | None  # first tensor of the output
+    on_batch: bool | None  # whether its first tensor argument descends from the inputs (None:
+    # it was called with keyword arguments only)
+
+
+@dataclass(frozen=True)
+class Read:
+    """One operation that reads parameters (directly or through tensors computed from them)."""
+
+    op: str
+    stack: tuple[str, ...]  # modules running, outermost first ("" is the model)
+    params: tuple[str, ...]  # the parameters it reads directly
+    on_batch: bool  # whether it also reads a tensor that descends from the inputs
+    norm_scale: bool  # a product with an activation normalised earlier in the same module
+
+
+@dataclass
+class Scan:
+    """What :func:`scan` saw (see the module documentation)."""
+
+    calls: list[ModuleCall] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    free: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (op, stack)
+    counts: dict[str, int] = field(default_factory=dict)  # passed-over operations by kind
+    norm_like: set[str] = field(default_factory=set)  # modules that scale a normalised input
+
+
+class _Ids:
+    """Identity set of live tensors (weak: an id is reused only after its tensor died)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref] = {}
+
+    def add(self, t: Tensor) -> None:
+        self._refs[id(t)] = weakref.ref(t)
+
+    def __contains__(self, t: Tensor) -> bool:
+        r = self._refs.get(id(t))
+        return r is not None and r() is t
+
+
+class _Scanner(TorchFunctionMode):
+    def __init__(self, params: dict[int, tuple[str, Tensor]]) -> None:
+        super().__init__()
+        self.params = params
+        self.act = _Ids()
+        self.derived = _Ids()
+        self.stack: list[str] = []
+        self.kinds: list[nn.Module] = []  # the modules running, outermost first
+        self.normalised: list[bool] = []  # per running module: a normalising call happened
+        self.result = Scan()
+
+    def _count(self, kind: str) -> None:
+        self.result.counts[kind] = self.result.counts.get(kind, 0) + 1
+
+    def _param(self, t: Tensor) -> str | None:
+        entry = self.params.get(id(t))
+        return entry[0] if entry is not None and entry[1] is t else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func_name(func)
+        if name in _IGNORED_NAMES:
+            return func(*args, **kwargs)
+        tensors = [a for a in flatten(args, kwargs) if isinstance(a, Tensor)]
+        params = tuple(p for p in (self._param(t) for t in tensors) if p is not None)
+        acts = [t for t in tensors if t in self.act]
+        tracked = bool(params) or any(t in self.derived for t in tensors)
+        result = func(*args, **kwargs)
+        outs = outputs(result)
+        if not outs:
+            return result
+        res = self.result
+        stack = tuple(self.stack)
+        if tracked:
+            norm_scale = bool(acts) and name in ("mul", "__mul__", "__rmul__", "mul_",
+                                                 "__imul__") and bool(self.normalised
+                                                                      and self.normalised[-1])
+            if norm_scale and stack:
+                res.norm_like.add(stack[-1])
+            res.reads.append(Read(name, stack, params, bool(acts), norm_scale))
+        if acts:
+            for o in outs:
+                self.act.add(o)
+            self._classify(func, name, acts)
+        elif tracked:
+            for o in outs:
+                self.derived.add(o)
+        return result
+
+    def _classify(self, func, name: str, acts: list[Tensor]) -> None:
+        from foresight.layers.registry import rules_for
+
+        inner = self.kinds[-1] if self.kinds else None
+        if any(getattr(r, "param_free", False) for r in rules_for(func)):
+            self.result.free.append((name, tuple(self.stack)))
+        if kinds.is_normalising(func) and self.normalised:
+            self.normalised[-1] = True  # a normalising statistic computed in this module
+        if kinds.is_activation(func) and not kinds.is_activation(inner):
+            self._count("activation")
+        elif kinds.is_max_pool(func) and not kinds.is_max_pool(inner):
+            self._count("max-pool")
+        elif kinds.is_attention(func):
+            self._count("attention")
+        elif kinds.is_residual_add(func) and len(acts) >= 2 and acts[0].is_floating_point() and (
+            acts[0].shape == acts[1].shape
+        ):
+            self._count("residual")
+
+
+@contextlib.contextmanager
+def _hooks(scanner: _Scanner, names: dict[int, str]) -> Iterator[None]:
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
+
+    seen: set[int] = set()
+    open_calls: list[tuple[int, tuple[int, ...] | None, bool, tuple[str, ...]]] = []
+
+    def pre(module: nn.Module, args: Any) -> None:
+        name = names.get(id(module))
+        if name is None:
+            return
+        first = next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
+        open_calls.append((id(module), tuple(first.shape) if first is not None else None,
+                           (first in scanner.act) if first is not None else None,
+                           tuple(scanner.stack)))
+        scanner.stack.append(name)
+        scanner.kinds.append(module)
+        scanner.normalised.append(False)
+        if kinds.is_activation(module):
+            scanner._count("activation")
+        elif kinds.is_max_pool(module):
+            scanner._count("max-pool")
+        elif kinds.is_norm(module):
+            scanner._count("norm")
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        if not open_calls or open_calls[-1][0] != id(module):
+            return
+        mid, in_shape, on_batch, stack = open_calls.pop()
+        scanner.stack.pop()
+        scanner.kinds.pop()
+        scanner.normalised.pop()
+        if mid in seen:
+            return
+        seen.add(mid)
+        out = next((a for a in _leaves(_plain(output)) if isinstance(a, Tensor)), None)
+        scanner.result.calls.append(ModuleCall(
+            names[mid], type(module).__name__, module, stack, in_shape,
+            tuple(out.shape) if out is not None else None, on_batch,
+        ))
+
+    h1 = register_module_forward_pre_hook(pre)
+    h2 = register_module_forward_hook(post, always_call=True)
+    try:
+        yield
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def scan(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None = None) -> Scan:
+    """One forward pass of ``model`` on ``inputs`` (as it is: mode, grad mode and batch are the
+    caller's; wrap it in :func:`foresight._guard.preserved`), recording what
+    :class:`Scan` holds."""
+    names: dict[int, str] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), n)
+    params = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        params.setdefault(id(p), (n, p))
+    scanner = _Scanner(params)
+    for t in _leaves((inputs, kwargs or {})):
+        if isinstance(t, Tensor):
+            scanner.act.add(t)
+    with _hooks(scanner, names), scanner:
+        out = call_model(model, inputs, kwargs)
+    del out
+    return scanner.result
+
+
+def _unused() -> None:  # pragma: no cover
+    _ = torch
