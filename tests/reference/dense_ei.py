@@ -55,8 +55,9 @@ def jacobian_matrix(module: nn.Module, example_shape: tuple[int, ...]) -> torch.
 
 
 def normalise(W: torch.Tensor, norm: str | None) -> torch.Tensor:
-    """Rows of W turned into distributions, written out from the definitions."""
-    if norm is None:
+    """Rows of W turned into distributions, written out from the definitions (an empty matrix
+    stays empty: no connections)."""
+    if norm is None or W.numel() == 0:
         return W
     if norm == "lin":
         r = torch.where(W > 0, W, torch.zeros_like(W))

@@ -226,6 +226,10 @@ def layer_stats(
     Non-finite weights make some statistic non-finite; only then are the parameters checked, so
     that the error names the layer and parameter at no cost in the common case.
     """
+    if layer.n_in == 0 or layer.n_out == 0:
+        # no connections: its inputs (if any) have empty out-weight rows -- entropy 0, counted in
+        # the determinism's average like any input without out-weights -- and no column mass
+        return LayerStats(layer.n_in, layer.n_out, 0.0, 0.0, 0.0, 0.0, 0.0)
     compute = _matrix_free_for(norm)
     if compute is not None and layer.graph is not None:
         stats = compute(layer.graph)
