@@ -51,6 +51,7 @@ __all__ = [
     "is_normalising",
     "is_residual_add",
     "inplace_method",
+    "activation_of_call",
     "ACTIVATION_MODULES",
     "ACTIVATION_FUNCTIONS",
     "MONOTONE_MODULES",
@@ -211,6 +212,36 @@ def inplace_method(activation: Any) -> str | None:
     except TypeError:
         return None
     return {"sigmoid": "sigmoid_", "tanh": "tanh_", "relu": "relu_"}.get(name)
+
+
+def activation_of_call(func: Any, struct: Any) -> Any:
+    """The activation a recorded call applies, as a callable of one tensor: ``func`` itself when
+    the call passed only the tensor (``torch.tanh(x)``), else ``func`` with the call's other
+    arguments (``F.leaky_relu(x, 0.2)``), named after it.
+
+    ``struct`` is ``(args, kwargs)`` with the tensor as a :class:`~foresight.layers.calls.Pos`
+    (:func:`foresight.layers.calls.structure`).
+
+    >>> from foresight.layers.calls import structure
+    >>> x = torch.randn(3)
+    >>> activation_of_call(torch.tanh, structure((x,), {})) is torch.tanh
+    True
+    >>> f = activation_of_call(F.leaky_relu, structure((x, 0.2), {}))
+    >>> f.__name__, bool(torch.equal(f(x), F.leaky_relu(x, 0.2)))
+    ('leaky_relu', True)
+    """
+    from foresight.layers.calls import Pos
+
+    args, kwargs = struct
+    if len(args) == 1 and isinstance(args[0], Pos) and not kwargs:
+        return func
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        return func(*[t if isinstance(a, Pos) else a for a in args],
+                    **{k: (t if isinstance(v, Pos) else v) for k, v in kwargs.items()})
+
+    apply.__name__ = ACTIVATION_FUNCTIONS.get(func, getattr(func, "__name__", "activation"))
+    return apply
 
 
 def is_activation(obj: Any) -> bool:
