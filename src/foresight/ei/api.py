@@ -158,9 +158,10 @@ def _check(model: nn.Module, input: Any, shapes: Any, norm: Norm, linear_positio
 def _layers(
     model: nn.Module, found: Found, modules: dict, each: bool, device: Any, dtype, dev
 ) -> list[EILayer]:
-    names: dict[nn.Module, str] = {}
-    for n, m in model.named_modules(remove_duplicate=False):
-        names.setdefault(m, n)
+    names: dict[nn.Module, str] = dict(found.names)
+    if any(m not in names for m in modules):
+        for n, m in model.named_modules(remove_duplicate=False):
+            names.setdefault(m, n)
     order = [entry for entry in found.order if entry[0] == "op" or entry[1] in modules]
     listed = {entry[1] for entry in order if entry[0] == "module"}
     order += [("module", m) for m in modules if m not in listed]
@@ -199,7 +200,8 @@ def _collect(
             found = record_shapes(model, input).found  # puts the model in eval mode
             modules = dict(found.modules)
         else:
-            model.eval()
+            if isinstance(shapes, Shapes) and shapes.found.ops:
+                model.eval()  # the ops' operands may need a forward pass (as when found)
             if isinstance(shapes, Shapes):
                 found = shapes.found
             else:

@@ -238,7 +238,7 @@ def layer_stats(
         stats = _dense(layer, norm, max_dense_bytes, why)
     values = (stats.entropy_sum, stats.pos_mass, stats.pos_xlogx, stats.neg_mass, stats.neg_xlogx)
     if not all(math.isfinite(v) for v in values):
-        for pname, p in layer.tensors:
+        for pname, p in layer.tensors():
             if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
                 raise ValueError(
                     f"layer {layer.name!r} ({layer.type}) has non-finite values (NaN or "

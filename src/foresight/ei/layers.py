@@ -64,7 +64,7 @@ class EILayer:
     dense: Callable[[], Tensor] | None
     n_in: int
     n_out: int
-    tensors: list[tuple[str, Tensor]]  # the parameters it reads (named in error messages)
+    tensors: Callable[[], list[tuple[str, Tensor]]]  # the parameters it reads (for errors)
     device: torch.device
     why: str = "a custom norm needs the dense matrix"
 
@@ -134,7 +134,9 @@ def module_layers(
     graph_fn, dense_fn = lookup(GRAPHS, module), lookup(DENSE, module)
     pos_fn = lookup(POSITIONS, module)
     positions = int(pos_fn(module, in_shape)) if (each and pos_fn is not None) else 1
-    tensors = [(f"{name}.{n}" if name else n, p) for n, p in module.named_parameters()]
+    def tensors() -> list[tuple[str, Tensor]]:
+        return [(f"{name}.{n}" if name else n, p) for n, p in module.named_parameters()]
+
     type_name = type(module).__name__
     cache: dict[str, Any] = {}
 
@@ -183,10 +185,10 @@ def op_layer(op: OpLayer, operands: dict[str, Tensor], each: bool, device,
     dev = torch.device(device) if device is not None else dev
     graph = op.rule.ei_graph(op.use, operands, dev, dtype)
     positions = int(op.rule.ei_positions(op.use)) if each else 1
-    tensors = []
-    for slot, (kind, ref) in op.operands.items():
-        if slot in operands:
-            tensors.append((ref if kind == "param" else f"{op.name} ({slot})", operands[slot]))
+    def tensors() -> list[tuple[str, Tensor]]:
+        return [(ref if kind == "param" else f"{op.name} ({slot})", operands[slot])
+                for slot, (kind, ref) in op.operands.items() if slot in operands]
+
     return EILayer(
         op.name, op.type, _tile(graph, positions),
         _tile_dense(lambda: op.rule.ei_dense(op.use, operands), positions),
@@ -226,15 +228,20 @@ def _covered_calls(calls, allowed: set[str] | None = None) -> list:
 def _unread(model: nn.Module, scanned) -> list[str]:
     """Layers the forward pass does not read: modules with a module rule that are not called,
     and modules owning parameters none of which is read."""
-    modules, pnames = _first_names(model)
     read = {p for r in scanned.reads for p in r.params}
     called = {c.name for c in scanned.calls}
     out = []
-    for name, module in modules.items():
-        if isinstance(module, kinds.PASS_OVER_MODULES):
+    pnames: dict[int, str] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in seen:
             continue
-        own = [pnames[id(p)] for p in module.parameters(recurse=False)]
-        if any(n in read for n in own):
+        seen.add(id(module))
+        own = []
+        for pname, p in module.named_parameters(prefix=name, recurse=False,
+                                                remove_duplicate=False):
+            own.append(pnames.setdefault(id(p), pname))
+        if isinstance(module, kinds.PASS_OVER_MODULES) or any(n in read for n in own):
             continue
         if name not in called and (own or is_registered(module)):
             out.append(f"{_label(name)} ({type(module).__name__}, not called by the forward pass)")

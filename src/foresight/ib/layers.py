@@ -1,7 +1,9 @@
 """Which modules' outputs are the hidden representations T of the information plane.
 
-Weight layers and activations are recognised by type (``isinstance``, so subclasses count); add a
-type to :data:`WEIGHT_LAYERS` or :data:`ACTIVATIONS` to teach the default about it.
+Weight layers and activations are the layer core's kinds (:mod:`foresight.layers.kinds`:
+:data:`~foresight.layers.kinds.WEIGHT_MODULES` and types with a module rule,
+:data:`~foresight.layers.kinds.ACTIVATION_MODULES` and the softmax modules), recognised with
+``isinstance`` (subclasses count); add a type there to teach every metric about it at once.
 """
 
 from __future__ import annotations
@@ -10,36 +12,18 @@ import warnings
 
 from torch import nn
 
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.modules.conv._ConvNd,
+from foresight.layers.kinds import (
+    ACTIVATION_MODULES,
+    SOFTMAX_MODULES,
+    WEIGHT_MODULES,
+    is_weight_module,
 )
 
-ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.Tanh,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Hardtanh,
-    nn.Hardsigmoid,
-    nn.Hardswish,
-    nn.Softplus,
-    nn.Softsign,
-    nn.Tanhshrink,
-    nn.LogSigmoid,
-    nn.Softmax,
-    nn.LogSoftmax,
-)
+#: Weight layers (the layer core's list; types with a module rule count too).
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = WEIGHT_MODULES
+
+#: Activations whose outputs are representations (elementwise ones and the softmax family).
+ACTIVATIONS: tuple[type[nn.Module], ...] = ACTIVATION_MODULES + SOFTMAX_MODULES
 
 OUTPUT = "output"
 
@@ -61,7 +45,7 @@ def default_layers(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if module is model:
             continue
-        if isinstance(module, WEIGHT_LAYERS):
+        if is_weight_module(module):
             weights.append(name)
             pending = True
         elif isinstance(module, ACTIVATIONS) and pending:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from foresight.layers import kinds
-from foresight.layers.calls import flatten, func_name, outputs
+from foresight.layers.calls import func_name, outputs
 from foresight.layers.discover import _IGNORED_NAMES, _leaves, _plain, call_model
 
 __all__ = ["scan", "Scan", "ModuleCall", "Read"]
@@ -82,6 +82,8 @@ class Scan:
 class _Ids:
     """Identity set of live tensors (weak: an id is reused only after its tensor died)."""
 
+    __slots__ = ("_refs",)
+
     def __init__(self) -> None:
         self._refs: dict[int, weakref.ref] = {}
 
@@ -91,6 +93,39 @@ class _Ids:
     def __contains__(self, t: Tensor) -> bool:
         r = self._refs.get(id(t))
         return r is not None and r() is t
+
+
+_MULS = frozenset({"mul", "__mul__", "__rmul__", "mul_", "__imul__"})
+_IGNORED = object()
+
+
+def _func_info(func) -> Any:
+    """What the scan needs to know of a function, worked out once per function."""
+    from foresight.layers.registry import rules_for
+
+    name = func_name(func)
+    if name in _IGNORED_NAMES:
+        return _IGNORED
+    if kinds.is_activation(func):
+        kind = "activation"
+    elif kinds.is_max_pool(func):
+        kind = "max-pool"
+    elif kinds.is_attention(func):
+        kind = "attention"
+    elif kinds.is_residual_add(func):
+        kind = "residual"
+    else:
+        kind = None
+    free = any(getattr(r, "param_free", False) for r in rules_for(func))
+    return (name, kind, free, kinds.is_normalising(func), name in _MULS)
+
+
+def _tensors(obj: Any, out: list) -> None:
+    for a in obj:
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)) and not isinstance(a, torch.Size):
+            _tensors(a, out)
 
 
 class _Scanner(TorchFunctionMode):
@@ -103,92 +138,120 @@ class _Scanner(TorchFunctionMode):
         self.kinds: list[nn.Module] = []  # the modules running, outermost first
         self.normalised: list[bool] = []  # per running module: a normalising call happened
         self.result = Scan()
+        self._info: dict[Any, Any] = {}
 
     def _count(self, kind: str) -> None:
         self.result.counts[kind] = self.result.counts.get(kind, 0) + 1
 
-    def _param(self, t: Tensor) -> str | None:
-        entry = self.params.get(id(t))
-        return entry[0] if entry is not None and entry[1] is t else None
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = func_name(func)
-        if name in _IGNORED_NAMES:
+        try:
+            info = self._info[func]
+        except KeyError:
+            info = self._info[func] = _func_info(func)
+        except TypeError:  # an unhashable callable
+            info = _func_info(func)
+        if info is _IGNORED:
             return func(*args, **kwargs)
-        tensors = [a for a in flatten(args, kwargs) if isinstance(a, Tensor)]
-        params = tuple(p for p in (self._param(t) for t in tensors) if p is not None)
-        acts = [t for t in tensors if t in self.act]
-        tracked = bool(params) or any(t in self.derived for t in tensors)
+        tensors: list[Tensor] = []
+        _tensors(args, tensors)
+        if kwargs:
+            _tensors(kwargs.values(), tensors)
+        params = []
+        acts = []
+        tracked = False
+        for t in tensors:
+            entry = self.params.get(id(t))
+            if entry is not None and entry[1] is t:
+                params.append(entry[0])
+                tracked = True
+            elif t in self.act:
+                acts.append(t)
+            elif t in self.derived:
+                tracked = True
         result = func(*args, **kwargs)
+        if not acts and not tracked:
+            return result
         outs = outputs(result)
         if not outs:
             return result
-        res = self.result
-        stack = tuple(self.stack)
+        name, kind, free, normalising, is_mul = info
         if tracked:
-            norm_scale = bool(acts) and name in ("mul", "__mul__", "__rmul__", "mul_",
-                                                 "__imul__") and bool(self.normalised
-                                                                      and self.normalised[-1])
+            stack = tuple(self.stack)
+            norm_scale = bool(acts) and is_mul and bool(self.normalised and self.normalised[-1])
             if norm_scale and stack:
-                res.norm_like.add(stack[-1])
-            res.reads.append(Read(name, stack, params, bool(acts), norm_scale))
+                self.result.norm_like.add(stack[-1])
+            self.result.reads.append(Read(name, stack, tuple(params), bool(acts), norm_scale))
         if acts:
             for o in outs:
                 self.act.add(o)
-            self._classify(func, name, acts)
-        elif tracked:
+            self._classify(kind, free, normalising, name, acts)
+        else:
             for o in outs:
                 self.derived.add(o)
         return result
 
-    def _classify(self, func, name: str, acts: list[Tensor]) -> None:
-        from foresight.layers.registry import rules_for
-
-        inner = self.kinds[-1] if self.kinds else None
-        if any(getattr(r, "param_free", False) for r in rules_for(func)):
+    def _classify(self, kind, free: bool, normalising: bool, name: str, acts: list) -> None:
+        if free:
             self.result.free.append((name, tuple(self.stack)))
-        if kinds.is_normalising(func) and self.normalised:
+        if normalising and self.normalised:
             self.normalised[-1] = True  # a normalising statistic computed in this module
-        if kinds.is_activation(func) and not kinds.is_activation(inner):
-            self._count("activation")
-        elif kinds.is_max_pool(func) and not kinds.is_max_pool(inner):
-            self._count("max-pool")
-        elif kinds.is_attention(func):
-            self._count("attention")
-        elif kinds.is_residual_add(func) and len(acts) >= 2 and acts[0].is_floating_point() and (
-            acts[0].shape == acts[1].shape
-        ):
+        if kind is None:
+            return
+        inner = self.kinds[-1] if self.kinds else None
+        if kind == "activation":
+            if not kinds.is_activation(inner):
+                self._count(kind)
+        elif kind == "max-pool":
+            if not kinds.is_max_pool(inner):
+                self._count(kind)
+        elif kind == "attention":
+            self._count(kind)
+        elif len(acts) >= 2 and acts[0].is_floating_point() and acts[0].shape == acts[1].shape:
             self._count("residual")
 
 
+def _module_kind(module: nn.Module) -> str | None:
+    if kinds.is_activation(module):
+        return "activation"
+    if kinds.is_max_pool(module):
+        return "max-pool"
+    if kinds.is_norm(module):
+        return "norm"
+    return None
+
+
 @contextlib.contextmanager
-def _hooks(scanner: _Scanner, names: dict[int, str]) -> Iterator[None]:
+def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None]]) -> Iterator[None]:
     from torch.nn.modules.module import (
         register_module_forward_hook,
         register_module_forward_pre_hook,
     )
 
     seen: set[int] = set()
-    open_calls: list[tuple[int, tuple[int, ...] | None, bool, tuple[str, ...]]] = []
+    open_calls: list[tuple[int, tuple[int, ...] | None, bool | None, tuple[str, ...]]] = []
+    count = scanner._count
+
+    def first_tensor(args: Any) -> Tensor | None:
+        for a in args:
+            if isinstance(a, Tensor):
+                return a
+        return next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
 
     def pre(module: nn.Module, args: Any) -> None:
-        name = names.get(id(module))
-        if name is None:
+        entry = names.get(id(module))
+        if entry is None:
             return
-        first = next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
+        name, kind = entry
+        first = first_tensor(args)
         open_calls.append((id(module), tuple(first.shape) if first is not None else None,
                            (first in scanner.act) if first is not None else None,
                            tuple(scanner.stack)))
         scanner.stack.append(name)
         scanner.kinds.append(module)
         scanner.normalised.append(False)
-        if kinds.is_activation(module):
-            scanner._count("activation")
-        elif kinds.is_max_pool(module):
-            scanner._count("max-pool")
-        elif kinds.is_norm(module):
-            scanner._count("norm")
+        if kind is not None:
+            count(kind)
 
     def post(module: nn.Module, args: Any, output: Any) -> None:
         if not open_calls or open_calls[-1][0] != id(module):
@@ -200,9 +263,10 @@ def _hooks(scanner: _Scanner, names: dict[int, str]) -> Iterator[None]:
         if mid in seen:
             return
         seen.add(mid)
-        out = next((a for a in _leaves(_plain(output)) if isinstance(a, Tensor)), None)
+        out = output if isinstance(output, Tensor) else next(
+            (a for a in _leaves(_plain(output)) if isinstance(a, Tensor)), None)
         scanner.result.calls.append(ModuleCall(
-            names[mid], type(module).__name__, module, stack, in_shape,
+            names[mid][0], type(module).__name__, module, stack, in_shape,
             tuple(out.shape) if out is not None else None, on_batch,
         ))
 
@@ -219,9 +283,10 @@ def scan(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None = None) ->
     """One forward pass of ``model`` on ``inputs`` (as it is: mode, grad mode and batch are the
     caller's; wrap it in :func:`foresight._guard.preserved`), recording what
     :class:`Scan` holds."""
-    names: dict[int, str] = {}
+    names: dict[int, tuple[str, str | None]] = {}
     for n, m in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(m), n)
+        if id(m) not in names:
+            names[id(m)] = (n, _module_kind(m))
     params = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         params.setdefault(id(p), (n, p))
