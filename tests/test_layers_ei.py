@@ -362,3 +362,60 @@ def test_embedding_module_dense_builder_is_the_table():
     W = fei.VALID_MODULES[nn.Embedding](emb, *shapes[emb])
     assert torch.equal(W, emb.weight.detach())
     _close(fei.ei(emb, ids), ei_from_matrices([emb.weight.detach()], "lin")[0])
+
+
+# ------------------------------------------------------------------ a rule of your own
+
+
+def test_a_rule_for_your_own_operation():
+    """The example of docs/architecture.rst: einsum as a linear map with an (in, out) weight."""
+    import foresight.causal as fc
+    from foresight.layers import Rule, register_rule, unregister_rule
+    from foresight.layers.contrib import Outer
+    from foresight.layers.graphs import MatrixGraph
+    from foresight.layers.rules._common import flat_batch, is_batched, is_tracked, pos
+
+    class EinsumLinear(Rule):
+        """``torch.einsum("bi,ij->bj", x, w)``."""
+
+        name, role, funcs = "linear", "weight", (torch.einsum,)
+        signature = ("equation", "input", "weight")
+
+        def match(self, call, tracked, batched, out_layout):
+            b = self.bound(call)
+            if b["equation"].replace(" ", "") != "bi,ij->bj":
+                return None
+            if not (is_batched(b["input"], batched) and is_tracked(b["weight"], tracked)):
+                return None
+            return pos(b["input"]), {"weight": pos(b["weight"])}, {}
+
+        def per_example(self, use, act, grad, operands, batch):  # for foresight.gns
+            a = flat_batch(act, use.in_layout, batch, 1)
+            g = flat_batch(grad, use.out_layout, batch, 1)
+            return {"weight": Outer(a, g)}
+
+        def ei_graph(self, use, operands, device, dtype):  # for foresight.ei
+            return MatrixGraph(operands["weight"], "in_out", device, dtype)
+
+        def ei_dense(self, use, operands):
+            return MatrixGraph(operands["weight"], "in_out").dense()
+
+        def affine(self, use, operands, input_shape=None):  # for foresight.causal
+            w = operands["weight"].detach()
+            return w.clone(), torch.zeros(w.shape[1], dtype=w.dtype), (w.shape[0],)
+
+    rule = register_rule(EinsumLinear(), first=True)
+    try:
+        net = nn.Sequential(nn.Linear(4, 4).double(), Mixer())
+        x = torch.randn(3, 4, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing skipped any more
+            r = fei.report(net, x)
+        assert [row.name for row in r.layers] == ["0", "1"] and r.layers[1].type == "Mixer"
+        _close(r.ei, ei_from_matrices([net[0].weight.detach().T, net[1].w.detach()], "lin")[0])
+        rep = fc.report(net, x, bins=4, samples=200, seed=0)
+        assert [(row.name, row.layer) for row in rep.layers] == [("0", "Linear"), ("1", "Mixer")]
+    finally:
+        unregister_rule(rule)
+    with pytest.warns(UserWarning, match="einsum"):
+        fei.ei(net, x)

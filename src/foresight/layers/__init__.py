@@ -17,7 +17,7 @@ from foresight.layers import rules as _rules  # noqa: F401  (registers the built
 from foresight.layers.discover import DiscoveryError, discover
 from foresight.layers.layout import Layout
 from foresight.layers.plan import Derived, Operand, Plan, Step, Use
-from foresight.layers.registry import FALLBACK, RULES, Rule, register_rule
+from foresight.layers.registry import FALLBACK, RULES, Rule, register_rule, unregister_rule
 
 __all__ = [
     "discover",
@@ -32,4 +32,5 @@ __all__ = [
     "RULES",
     "FALLBACK",
     "register_rule",
+    "unregister_rule",
 ]

@@ -33,7 +33,8 @@ from foresight.layers.calls import Pos
 from foresight.layers.layout import Layout
 
 __all__ = [
-    "Rule", "RULES", "FALLBACK", "register_rule", "rules_for", "match", "match_free", "bind",
+    "Rule", "RULES", "FALLBACK", "register_rule", "unregister_rule", "rules_for", "match",
+    "match_free", "bind",
 ]
 
 Match = tuple["Rule", int, dict[str, int], dict[str, Any]]
@@ -123,6 +124,16 @@ def register_rule(rule: Rule, *, first: bool = False) -> Rule:
         bucket = _BY_FUNC.setdefault(f, [])
         bucket.insert(0, rule) if first else bucket.append(rule)
     return rule
+
+
+def unregister_rule(rule: Rule) -> None:
+    """Remove a rule added with :func:`register_rule`."""
+    if rule in RULES:
+        RULES.remove(rule)
+    for f in rule.funcs:
+        bucket = _BY_FUNC.get(f, [])
+        if rule in bucket:
+            bucket.remove(rule)
 
 
 def rules_for(func: Callable[..., Any]) -> list[Rule]:
