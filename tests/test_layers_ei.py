@@ -81,6 +81,7 @@ def test_custom_norm_matches_the_matrix_free_path_on_real_models():
         model, inputs = _make(name)
         custom = lambda W: fei.soft_norm(W)  # noqa: E731 - a callable: the dense path
         _close(fei.ei(model, inputs, norm=custom), fei.ei(model, inputs, norm=fei.soft_norm))
+        assert fei.ei(model, inputs, device="cpu") == fei.ei(model, inputs)
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
@@ -148,6 +149,19 @@ def test_mha_with_separate_projections_and_unbatched_positions():
     _close((r.ei, r.determinism, r.degeneracy), ei_from_matrices(mats, "lin"))
     each = fei.report(Cross(), (q, kv), linear_positions="each")
     assert [row.inputs for row in each.layers] == [18, 12, 15, 18]  # T_query = 3
+    seq_first = nn.MultiheadAttention(4, 2).double()  # (T, B, E) inputs
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+
+    class Self(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = seq_first
+
+        def forward(self, x):
+            return self.att(x, x, x)[0]
+
+    rows = fei.report(Self(), x, linear_positions="each").layers
+    assert [(row.inputs, row.outputs) for row in rows] == [(20, 60), (20, 20)]  # T = 5
 
 
 # ------------------------------------------------------------------ the plan and the module walk
