@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from foresight.layers import kinds
+from foresight.layers.discover import _leaves
 from foresight.layers.graphs import Connectivity, NotMatrixFree, Tiled, compute_dtype, numel
 from foresight.layers.modules import (
     DENSE,
@@ -228,7 +229,7 @@ def _covered_calls(calls, allowed: set[str] | None = None) -> list:
 def _unread(model: nn.Module, scanned) -> list[str]:
     """Layers the forward pass does not read: modules with a module rule that are not called,
     and modules owning parameters none of which is read."""
-    read = {p for r in scanned.reads for p in r.params}
+    read = scanned.read_params()
     called = {c.name for c in scanned.calls}
     out = []
     pnames: dict[int, str] = {}
@@ -413,7 +414,13 @@ def _from_plan(model: nn.Module, input: Any, scanned, found: Found) -> None:
         found.ops.append(item)
     found.skipped += [s for s in skipped if s not in found.skipped]
     if any(kind == "derived" for op in found.ops for kind, _ in op.operands.values()):
-        found.example = input
+        # keep only the examples the replay runs (the discovery's first probe examples)
+        from foresight.layers.discover import PROBE_BATCH, _index_batch, batch_inputs
+
+        batch = batch_inputs(input)
+        dev = next((t.device for t in _leaves(input) if isinstance(t, Tensor)), None)
+        idx = torch.arange(min(batch, PROBE_BATCH), device=dev)
+        found.example = _index_batch(input, idx, batch)
 
 
 def op_operands(model: nn.Module, found: Found) -> list[dict[str, Tensor]]:

@@ -11,6 +11,12 @@ operations a metric passes over. When every parameter is read inside a module wi
 (:mod:`foresight.layers.modules`) or of a passed-over kind (:mod:`foresight.layers.kinds`), the
 scan says all there is; otherwise the metric asks for the plan.
 
+Inside such a module (one that runs its registered type's ``forward``, or a normalisation,
+activation, pooling or pass-through module) the interception is switched off: its rule describes
+what it does, so its parameters are counted as read (``Scan.read_inside``) and its output as
+descending from the inputs when its input does. Only the operations between such modules pay for
+the interception.
+
 A tensor *descends from the inputs* when it is an input or was computed from one; parameters and
 tensors computed from parameters alone (parametrizations, ``weight * gain``) do not. The scan
 tracks tensors by identity while they are alive (weak references: nothing is kept).
@@ -20,6 +26,9 @@ tracks tensors by identity while they are alive (weak references: nothing is kep
 >>> s = scan(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4))
 >>> [(c.name, c.type, c.in_shape, c.out_shape) for c in s.calls]
 [('0', 'Linear', (2, 4), (2, 3)), ('1', 'ReLU', (2, 3), (2, 3)), ('', 'Sequential', (2, 4), (2, 3))]
+>>> sorted(s.read_inside), s.counts   # Linear and ReLU run unintercepted: their rules say it all
+(['0.bias', '0.weight'], {'activation': 1})
+>>> s = scan(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4), opaque=False)
 >>> [(r.op, r.stack[-1], r.params, r.on_batch) for r in s.reads]
 [('linear', '0', ('0.weight', '0.bias'), True)]
 """
@@ -77,6 +86,11 @@ class Scan:
     free: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (op, stack)
     counts: dict[str, int] = field(default_factory=dict)  # passed-over operations by kind
     norm_like: set[str] = field(default_factory=set)  # modules that scale a normalised input
+    read_inside: set[str] = field(default_factory=set)  # parameters of modules run unintercepted
+
+    def read_params(self) -> set[str]:
+        """Every parameter the pass read (directly, or inside a module run unintercepted)."""
+        return {p for r in self.reads for p in r.params} | self.read_inside
 
 
 class _Ids:
@@ -222,7 +236,8 @@ def _module_kind(module: nn.Module) -> str | None:
 
 
 @contextlib.contextmanager
-def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None]]) -> Iterator[None]:
+def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
+           param_names: dict[str, str]) -> Iterator[None]:
     from torch.nn.modules.module import (
         register_module_forward_hook,
         register_module_forward_pre_hook,
@@ -238,11 +253,14 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None]]) -> Itera
                 return a
         return next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
 
+    skipped: list[Any] = []  # [depth, mode popped or None]
+    skip = [0, None]
+
     def pre(module: nn.Module, args: Any) -> None:
         entry = names.get(id(module))
         if entry is None:
             return
-        name, kind = entry
+        name, kind, opaque = entry
         first = first_tensor(args)
         open_calls.append((id(module), tuple(first.shape) if first is not None else None,
                            (first in scanner.act) if first is not None else None,
@@ -250,8 +268,16 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None]]) -> Itera
         scanner.stack.append(name)
         scanner.kinds.append(module)
         scanner.normalised.append(False)
-        if kind is not None:
+        if kind is not None and skip[0] == 0:
             count(kind)
+        if skip[0] or opaque:
+            if skip[0] == 0:
+                for pname, _ in module.named_parameters(prefix=name, remove_duplicate=False):
+                    scanner.result.read_inside.add(param_names.get(pname, pname))
+                n = torch._C._len_torch_function_stack()
+                if n and torch._C._get_function_stack_at(n - 1) is scanner:
+                    skip[1] = torch._C._pop_torch_function_stack()
+            skip[0] += 1
 
     def post(module: nn.Module, args: Any, output: Any) -> None:
         if not open_calls or open_calls[-1][0] != id(module):
@@ -260,11 +286,21 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None]]) -> Itera
         scanner.stack.pop()
         scanner.kinds.pop()
         scanner.normalised.pop()
+        out = output if isinstance(output, Tensor) else next(
+            (a for a in _leaves(_plain(output)) if isinstance(a, Tensor)), None)
+        if skip[0]:
+            skip[0] -= 1
+            if skip[0] == 0:
+                if skip[1] is not None:
+                    torch._C._push_on_torch_function_stack(skip[1])
+                    skip[1] = None
+                if on_batch:
+                    for t in _leaves(_plain(output)):
+                        if isinstance(t, Tensor):
+                            scanner.act.add(t)
         if mid in seen:
             return
         seen.add(mid)
-        out = output if isinstance(output, Tensor) else next(
-            (a for a in _leaves(_plain(output)) if isinstance(a, Tensor)), None)
         scanner.result.calls.append(ModuleCall(
             names[mid][0], type(module).__name__, module, stack, in_shape,
             tuple(out.shape) if out is not None else None, on_batch,
@@ -279,22 +315,30 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None]]) -> Itera
         h2.remove()
 
 
-def scan(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None = None) -> Scan:
+def scan(
+    model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None = None, *, opaque: bool = True
+) -> Scan:
     """One forward pass of ``model`` on ``inputs`` (as it is: mode, grad mode and batch are the
     caller's; wrap it in :func:`foresight._guard.preserved`), recording what
-    :class:`Scan` holds."""
-    names: dict[int, tuple[str, str | None]] = {}
+    :class:`Scan` holds. ``opaque=False`` intercepts inside every module too."""
+    from foresight.layers.modules import standard_forward
+
+    names: dict[int, tuple[str, str | None, bool]] = {}
     for n, m in model.named_modules(remove_duplicate=False):
         if id(m) not in names:
-            names[id(m)] = (n, _module_kind(m))
+            kind = _module_kind(m)
+            names[id(m)] = (n, kind, opaque and (standard_forward(m) or kind is not None
+                                                 or kinds.is_pass_through(m)))
     params = {}
+    param_names: dict[str, str] = {}  # every name of a parameter -> its first name
     for n, p in model.named_parameters(remove_duplicate=False):
         params.setdefault(id(p), (n, p))
+        param_names[n] = params[id(p)][0]
     scanner = _Scanner(params)
     for t in _leaves((inputs, kwargs or {})):
         if isinstance(t, Tensor):
             scanner.act.add(t)
-    with _hooks(scanner, names), scanner:
+    with _hooks(scanner, names, param_names), scanner:
         out = call_model(model, inputs, kwargs)
     del out
     return scanner.result
