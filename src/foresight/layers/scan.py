@@ -253,7 +253,6 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
                 return a
         return next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
 
-    skipped: list[Any] = []  # [depth, mode popped or None]
     skip = [0, None]
 
     def pre(module: nn.Module, args: Any) -> None:
