@@ -9,6 +9,7 @@ Weight layers and activations are the layer core's kinds (:mod:`foresight.layers
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from torch import nn
 
@@ -28,8 +29,13 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = ACTIVATION_MODULES + SOFTMAX_MODULES
 OUTPUT = "output"
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """Names of the activation modules that follow a weight layer, in registration order.
+def default_layers(model: nn.Module, inputs: Any = None) -> list[str]:
+    """Names of the activation modules that follow a weight layer, in order.
+
+    With ``inputs`` (a few examples are enough) the order is the forward pass's and modules the
+    forward pass does not call are left out (the layer core's scan,
+    :func:`foresight.layers.scan.scan`: one pass on three examples, nothing copied); without,
+    the modules' registration order.
 
     The model's output is added by :func:`foresight.ib.information_plane` as ``"output"``.
     If the model has weight layers but no activation modules (e.g. it calls ``torch.tanh`` in
@@ -42,7 +48,7 @@ def default_layers(model: nn.Module) -> list[str]:
     chosen: list[str] = []
     weights: list[str] = []
     pending = False
-    for name, module in model.named_modules():
+    for name, module in _ordered(model, inputs):
         if module is model:
             continue
         if is_weight_module(module):
@@ -60,3 +66,19 @@ def default_layers(model: nn.Module) -> list[str]:
         )
         return weights[:-1]
     return chosen
+
+
+def _ordered(model: nn.Module, inputs: Any) -> list[tuple[str, nn.Module]]:
+    if inputs is None:
+        return list(model.named_modules())
+    import torch
+
+    from foresight._guard import preserved
+    from foresight.layers.scan import scan
+
+    probe = inputs[:3] if isinstance(inputs, torch.Tensor) and inputs.dim() > 0 else inputs
+    with preserved(model), torch.no_grad():
+        model.eval()
+        calls = scan(model, probe).calls
+    # first calls in the order they finish: for the leaf modules taken here, the order they run
+    return [(c.name, c.module) for c in calls]

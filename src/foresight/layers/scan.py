@@ -253,7 +253,7 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
                 return a
         return next((a for a in _leaves(args) if isinstance(a, Tensor)), None)
 
-    skip = [0, None]
+    skip = [0, None]  # [depth inside modules run unintercepted, the mode popped at depth 1]
 
     def pre(module: nn.Module, args: Any) -> None:
         entry = names.get(id(module))
