@@ -42,7 +42,6 @@ from foresight.layers.modules import (
     POSITIONS,
     is_registered,
     lookup,
-    registered_type,
     standard_forward,
 )
 from foresight.layers.plan import Plan, Use
@@ -221,30 +220,34 @@ def _label(name: str) -> str:
 def _covered_calls(calls, allowed: set[str] | None = None) -> list:
     """The first calls of modules with a module rule and their type's forward, outermost only
     (``allowed``: restrict to these module names)."""
-    names = {c.name for c in calls if standard_forward(c.module)
-             and (allowed is None or c.name in allowed)}
+    names = {c.name for c in calls if c.standard and (allowed is None or c.name in allowed)}
     return [c for c in calls if c.name in names and not any(s in names for s in c.stack)]
 
 
 def _unread(model: nn.Module, scanned) -> list[str]:
     """Layers the forward pass does not read: modules with a module rule that are not called,
-    and modules owning parameters none of which is read."""
+    and modules owning parameters none of which is read (by identity: a tied parameter read
+    through another module counts)."""
     read = scanned.read_params()
+    read_ids: set[int] = set()
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if pname in read or scanned.inside_opaque(pname.rpartition(".")[0]):
+            read_ids.add(id(p))
     called = {c.name for c in scanned.calls}
     out = []
-    pnames: dict[int, str] = {}
     seen: set[int] = set()
     for name, module in model.named_modules(remove_duplicate=False):
         if id(module) in seen:
             continue
         seen.add(id(module))
-        own = []
-        for pname, p in module.named_parameters(prefix=name, recurse=False,
-                                                remove_duplicate=False):
-            own.append(pnames.setdefault(id(p), pname))
-        if isinstance(module, kinds.PASS_OVER_MODULES) or any(n in read for n in own):
+        if isinstance(module, kinds.PASS_OVER_MODULES):
+            continue
+        own = [id(p) for p in module._parameters.values() if p is not None]
+        if any(i in read_ids for i in own):
             continue
         if name not in called and (own or is_registered(module)):
+            if not own and scanned.inside_opaque(name):
+                continue  # e.g. a projection an attention module reads as a whole
             out.append(f"{_label(name)} ({type(module).__name__}, not called by the forward pass)")
         elif own:
             out.append(f"{_label(name)} ({type(module).__name__}, its parameters are not read "
@@ -294,7 +297,7 @@ def _graph_key(module: nn.Module) -> tuple | None:
     """Modules of one registered type reading the same parameters have the same graph (T5's
     encoder and decoder embeddings share one table): counted once, like a module called twice."""
     params = tuple(id(p) for p in module.parameters())
-    return (registered_type(module), params) if params else None
+    return (type(module), params) if params else None
 
 
 def _add_module(found: Found, call, seen: set) -> None:
@@ -347,8 +350,7 @@ def _from_plan(model: nn.Module, input: Any, scanned, found: Found) -> None:
     inside: set[int] = set().union(*(by_name.get(n, set()) for n in names)) if names else set()
     # registered modules whose input does not depend on the model's input (a lookup of constant
     # ids broadcast over the batch, as BERT's token types by default) add a constant: a bias
-    constant = {c.name for c in scanned.calls
-                if standard_forward(c.module) and c.on_batch is False}
+    constant = {c.name for c in scanned.calls if c.standard and c.on_batch is False}
     for u in plan.units:
         if u.module in constant:
             for i in u.uses:

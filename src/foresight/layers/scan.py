@@ -13,7 +13,7 @@ scan says all there is; otherwise the metric asks for the plan.
 
 Inside such a module (one that runs its registered type's ``forward``, or a normalisation,
 activation, pooling or pass-through module) the interception is switched off: its rule describes
-what it does, so its parameters are counted as read (``Scan.read_inside``) and its output as
+what it does, so its parameters are counted as read (``Scan.opaque``) and its output as
 descending from the inputs when its input does. Only the operations between such modules pay for
 the interception.
 
@@ -26,8 +26,8 @@ tracks tensors by identity while they are alive (weak references: nothing is kep
 >>> s = scan(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4))
 >>> [(c.name, c.type, c.in_shape, c.out_shape) for c in s.calls]
 [('0', 'Linear', (2, 4), (2, 3)), ('1', 'ReLU', (2, 3), (2, 3)), ('', 'Sequential', (2, 4), (2, 3))]
->>> sorted(s.read_inside), s.counts   # Linear and ReLU run unintercepted: their rules say it all
-(['0.bias', '0.weight'], {'activation': 1})
+>>> sorted(s.opaque), s.counts   # Linear and ReLU run unintercepted: their rules say it all
+(['0', '1'], {'activation': 1})
 >>> s = scan(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4), opaque=False)
 >>> [(r.op, r.stack[-1], r.params, r.on_batch) for r in s.reads]
 [('linear', '0', ('0.weight', '0.bias'), True)]
@@ -64,6 +64,7 @@ class ModuleCall:
     out_shape: tuple[int, ...] | None  # first tensor of the output
     on_batch: bool | None  # whether its first tensor argument descends from the inputs (None:
     # it was called with keyword arguments only)
+    standard: bool = False  # it has a module rule and runs its registered type's forward
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,22 @@ class Scan:
     free: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (op, stack)
     counts: dict[str, int] = field(default_factory=dict)  # passed-over operations by kind
     norm_like: set[str] = field(default_factory=set)  # modules that scale a normalised input
-    read_inside: set[str] = field(default_factory=set)  # parameters of modules run unintercepted
+    opaque: set[str] = field(default_factory=set)  # modules run unintercepted (outermost)
+
+    def inside_opaque(self, name: str) -> bool:
+        """Whether module ``name`` ran inside a module run unintercepted (its parameters count
+        as read)."""
+        if "" in self.opaque:
+            return True
+        while name:
+            if name in self.opaque:
+                return True
+            name = name.rpartition(".")[0]
+        return False
 
     def read_params(self) -> set[str]:
-        """Every parameter the pass read (directly, or inside a module run unintercepted)."""
-        return {p for r in self.reads for p in r.params} | self.read_inside
+        """The parameters read by intercepted operations (see also :meth:`inside_opaque`)."""
+        return {p for r in self.reads for p in r.params}
 
 
 class _Ids:
@@ -225,6 +237,26 @@ class _Scanner(TorchFunctionMode):
             self._count("residual")
 
 
+_CONTAINER_FORWARDS = (nn.Sequential.forward, nn.Module.forward)  # run no operations of their own
+_TYPE_INFO: dict[tuple[type, frozenset], tuple[str | None, bool, bool]] = {}
+
+
+def _type_info(module: nn.Module, tables: frozenset) -> tuple[str | None, bool, bool]:
+    """``(kind, standard, container)`` of a module's type (cached per type and module tables)."""
+    key = (type(module), tables)
+    info = _TYPE_INFO.get(key)
+    if info is None:
+        from foresight.layers.modules import standard_forward
+
+        forward = getattr(type(module), "forward", None)
+        info = (_module_kind(module), standard_forward(module),
+                forward in _CONTAINER_FORWARDS)
+        if len(_TYPE_INFO) > 4096:
+            _TYPE_INFO.clear()
+        _TYPE_INFO[key] = info
+    return info
+
+
 def _module_kind(module: nn.Module) -> str | None:
     if kinds.is_activation(module):
         return "activation"
@@ -236,8 +268,8 @@ def _module_kind(module: nn.Module) -> str | None:
 
 
 @contextlib.contextmanager
-def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
-           param_names: dict[str, str]) -> Iterator[None]:
+def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool, bool]]
+           ) -> Iterator[None]:
     from torch.nn.modules.module import (
         register_module_forward_hook,
         register_module_forward_pre_hook,
@@ -259,7 +291,7 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
         entry = names.get(id(module))
         if entry is None:
             return
-        name, kind, opaque = entry
+        name, kind, opaque, _ = entry
         first = first_tensor(args)
         open_calls.append((id(module), tuple(first.shape) if first is not None else None,
                            (first in scanner.act) if first is not None else None,
@@ -271,8 +303,7 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
             count(kind)
         if skip[0] or opaque:
             if skip[0] == 0:
-                for pname, _ in module.named_parameters(prefix=name, remove_duplicate=False):
-                    scanner.result.read_inside.add(param_names.get(pname, pname))
+                scanner.result.opaque.add(name)
                 n = torch._C._len_torch_function_stack()
                 if n and torch._C._get_function_stack_at(n - 1) is scanner:
                     skip[1] = torch._C._pop_torch_function_stack()
@@ -302,7 +333,7 @@ def _hooks(scanner: _Scanner, names: dict[int, tuple[str, str | None, bool]],
         seen.add(mid)
         scanner.result.calls.append(ModuleCall(
             names[mid][0], type(module).__name__, module, stack, in_shape,
-            tuple(out.shape) if out is not None else None, on_batch,
+            tuple(out.shape) if out is not None else None, on_batch, names[mid][3],
         ))
 
     h1 = register_module_forward_pre_hook(pre)
@@ -320,24 +351,26 @@ def scan(
     """One forward pass of ``model`` on ``inputs`` (as it is: mode, grad mode and batch are the
     caller's; wrap it in :func:`foresight._guard.preserved`), recording what
     :class:`Scan` holds. ``opaque=False`` intercepts inside every module too."""
-    from foresight.layers.modules import standard_forward
+    from foresight.layers.modules import DENSE, GRAPHS
 
-    names: dict[int, tuple[str, str | None, bool]] = {}
+    tables = frozenset(GRAPHS) | frozenset(DENSE)
+    names: dict[int, tuple[str, str | None, bool, bool]] = {}  # name, kind, opaque, standard
+    between = False  # whether operations can run between the modules run unintercepted
     for n, m in model.named_modules(remove_duplicate=False):
         if id(m) not in names:
-            kind = _module_kind(m)
-            names[id(m)] = (n, kind, opaque and (standard_forward(m) or kind is not None
-                                                 or kinds.is_pass_through(m)))
+            kind, standard, container = _type_info(m, tables)
+            is_opaque = opaque and (standard or kind is not None or kinds.is_pass_through(m))
+            names[id(m)] = (n, kind, is_opaque, standard)
+            between = between or not (is_opaque or container)
     params = {}
-    param_names: dict[str, str] = {}  # every name of a parameter -> its first name
     for n, p in model.named_parameters(remove_duplicate=False):
         params.setdefault(id(p), (n, p))
-        param_names[n] = params[id(p)][0]
     scanner = _Scanner(params)
     for t in _leaves((inputs, kwargs or {})):
         if isinstance(t, Tensor):
             scanner.act.add(t)
-    with _hooks(scanner, names, param_names), scanner:
+    mode = scanner if (between or not opaque) else contextlib.nullcontext()
+    with _hooks(scanner, names), mode:  # (only modules run unintercepted: no interception)
         out = call_model(model, inputs, kwargs)
     del out
     return scanner.result
