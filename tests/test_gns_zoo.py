@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from foresight.gns import GradientNoiseScale, noise_scale, per_parameter_sq_norms
 from foresight.gns.per_example import plan_for
-from tests import zoo
+from tests import zoo_cases as zoo
 from tests.reference.model_state import assert_unchanged, snapshot
 from tests.reference.per_example_graph import per_example_param_sq_norms_graph
 from tests.reference.per_example_loop import per_example_param_sq_norms_loop

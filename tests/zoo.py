@@ -1,74 +1,180 @@
-"""The model zoo: tiny versions of the models researchers train, built from configs (nothing is
-downloaded), each with an example batch and a loss.
+"""The acceptance zoo of issue 9: models researchers train, tiny, built from configs (nothing is
+downloaded), each with an example input.
 
-Every entry is ``make(name) -> Case`` with a float64 model in train mode (dropout 0 unless the
-name says otherwise, so that per-example losses are defined by the model alone), ``args`` (the
-positional inputs), ``targets`` and ``loss(output, targets)`` (a mean over examples).
+``make(name)`` returns ``(model, inputs)``: a freshly initialised model (seeded, in eval mode,
+float64 unless ``dtype`` says otherwise) and what it is called with (a tensor, or a dict of
+keyword arguments). The transformers models need ``transformers`` (a pinned test dependency);
+``TRANSFORMERS`` lists them, ``TORCH`` the pure-torch ones.
+
+>>> model, inputs = make("tied_embeddings")
+>>> tuple(model(inputs).shape)
+(3, 6, 11)
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
+from torch.nn.utils import parametrize
 
-VOCAB = 37
+__all__ = ["make", "NAMES", "TRANSFORMERS", "TORCH", "first_tensor", "LayerScale", "GainLinear",
+           "TiedLM"]
 
-TRANSFORMERS = ("gpt2", "bert", "llama", "t5")
-TORCH = (
-    "transformer_encoder", "cnn_bn_layerscale", "weight_norm", "weight_norm_old",
-    "orthogonal", "linear_subclass", "tied_embeddings",
-)
-ALL = TRANSFORMERS + TORCH
+BATCH, SEQ, VOCAB = 3, 6, 11
 
 
-@dataclass
-class Case:
-    name: str
-    model: nn.Module
-    args: tuple[Any, ...]
-    targets: torch.Tensor
-    loss: Callable[[Any, Any], torch.Tensor]
+def _ids(batch: int = BATCH, seq: int = SEQ, vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq))
 
 
-def lm_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
 
 
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (out - y).square().mean()
+def gpt2() -> tuple[nn.Module, Any]:
+    """GPT-2: Conv1D (``addmm`` with an ``(in, out)`` weight), position embeddings indexed with a
+    batch of one, ``wte`` tied to ``lm_head``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _quiet_transformers()
+    cfg = GPT2Config(n_layer=2, n_embd=8, n_head=2, vocab_size=VOCAB, n_positions=16,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg), _ids()
 
 
-class Logits(nn.Module):
-    """A transformers model called with ``input_ids`` (and decoder ids), returning its logits."""
+def bert() -> tuple[nn.Module, Any]:
+    """BERT: nn.Linear and nn.LayerNorm, token-type embeddings of a broadcast buffer, a pooler."""
+    from transformers import BertConfig, BertModel
 
-    def __init__(self, model: nn.Module, seq2seq: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.seq2seq = seq2seq
+    _quiet_transformers()
+    cfg = BertConfig(num_hidden_layers=2, hidden_size=8, num_attention_heads=2,
+                     intermediate_size=16, vocab_size=VOCAB, max_position_embeddings=16)
+    return BertModel(cfg), _ids()
 
-    def forward(self, ids: torch.Tensor, dec: torch.Tensor | None = None) -> torch.Tensor:
-        if self.seq2seq:
-            return self.model(input_ids=ids, decoder_input_ids=dec).logits
-        return self.model(input_ids=ids).logits
+
+def llama() -> tuple[nn.Module, Any]:
+    """Llama: RMSNorm written as ``weight * normalised x``, grouped-query attention, SiLU MLP."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _quiet_transformers()
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=8, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=16, vocab_size=VOCAB,
+                      max_position_embeddings=16, bos_token_id=0, eos_token_id=0,
+                      pad_token_id=0)
+    return LlamaForCausalLM(cfg), _ids()
+
+
+def t5() -> tuple[nn.Module, Any]:
+    """T5: encoder-decoder, T5LayerNorm (``weight * x * rsqrt``), a relative position bias added
+    inside the attention, ``shared`` embedding tied to both embeddings and the output layer."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    _quiet_transformers()
+    cfg = T5Config(num_layers=1, num_decoder_layers=1, d_model=8, d_kv=4, num_heads=2, d_ff=16,
+                   vocab_size=VOCAB, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    ids = _ids()
+    return T5ForConditionalGeneration(cfg), {"input_ids": ids, "decoder_input_ids": _ids()}
+
+
+def transformer_encoder() -> tuple[nn.Module, Any]:
+    """``nn.TransformerEncoder(batch_first=True)``: nn.MultiheadAttention inside."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # enable_nested_tensor is not used with norm_first
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True,
+                                           norm_first=True)
+        model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    with torch.no_grad():  # the encoder copies its layer: make the copies differ
+        for p in model.layers[1].parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model, torch.randn(BATCH, SEQ, 8)
 
 
 class LayerScale(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """``x * gamma`` per channel (CaiT, ConvNeXt)."""
+
+    def __init__(self, channels: int, init: float = 0.1) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.rand(channels) + 0.5)
+        self.gamma = nn.Parameter(init * torch.ones(channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1)
+        return x * self.gamma
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.bn = nn.BatchNorm2d(c)
+        self.ls = LayerScale(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ls(F.gelu(self.bn(self.conv(x))))
+
+
+def cnn() -> tuple[nn.Module, Any]:
+    """A CNN with BatchNorm (eval mode, random running statistics) and LayerScale."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), _Block(4),
+        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 5),
+    )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+    return model, torch.randn(BATCH, 2, 8, 8)
+
+
+def weight_norm() -> tuple[nn.Module, Any]:
+    """``torch.nn.utils.parametrizations.weight_norm`` on a Linear layer."""
+    from torch.nn.utils.parametrizations import weight_norm as wn
+
+    model = nn.Sequential(wn(nn.Linear(5, 4)), nn.Tanh(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].parametrizations.weight.original0.mul_(1.7)  # g differs from ||v||
+    return model, torch.randn(BATCH, 5)
+
+
+def weight_norm_old() -> tuple[nn.Module, Any]:
+    """The old ``torch.nn.utils.weight_norm`` (a forward pre-hook computing ``weight``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        layer = torch.nn.utils.weight_norm(nn.Linear(5, 4))
+    with torch.no_grad():
+        layer.weight_g.mul_(1.7)
+    return nn.Sequential(layer, nn.Sigmoid(), nn.Linear(4, 3)), torch.randn(BATCH, 5)
+
+
+def orthogonal() -> tuple[nn.Module, Any]:
+    """``torch.nn.utils.parametrizations.orthogonal`` on a Linear layer."""
+    from torch.nn.utils.parametrizations import orthogonal as orth
+
+    model = nn.Sequential(orth(nn.Linear(6, 6)), nn.ReLU(), nn.Linear(6, 2))
+    return model, torch.randn(BATCH, 6)
+
+
+class _Double(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 2.0 * w
+
+
+def parametrized() -> tuple[nn.Module, Any]:
+    """``torch.nn.utils.parametrize.register_parametrization`` with a custom parametrization."""
+    lin = nn.Linear(4, 3)
+    parametrize.register_parametrization(lin, "weight", _Double())
+    return nn.Sequential(lin, nn.Tanh(), nn.Linear(3, 2)), torch.randn(BATCH, 4)
 
 
 class GainLinear(nn.Linear):
-    """A Linear subclass with one extra parameter, used inside its own forward."""
+    """A Linear subclass with one extra parameter and a forward of its own."""
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__(n_in, n_out)
@@ -78,105 +184,60 @@ class GainLinear(nn.Linear):
         return F.linear(x, self.weight * self.gain[:, None], self.bias)
 
 
+def linear_subclass() -> tuple[nn.Module, Any]:
+    return nn.Sequential(GainLinear(5, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(BATCH, 5)
+
+
 class TiedLM(nn.Module):
-    def __init__(self, vocab: int = 11, dim: int = 6) -> None:
+    """A tiny language model whose output layer is the embedding table (tied weights)."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 5) -> None:
         super().__init__()
         self.emb = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.randn(1, 7, dim) * 0.1)
-        self.mid = nn.Linear(dim, dim)
+        self.mix = nn.Linear(dim, dim)
         self.head = nn.Linear(dim, vocab, bias=False)
         self.head.weight = self.emb.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.emb(ids) + self.pos[:, : ids.shape[1]]
-        return self.head(torch.tanh(self.mid(h)))
+        return self.head(torch.tanh(self.mix(self.emb(ids))))
 
 
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    return transformers
+def tied_embeddings() -> tuple[nn.Module, Any]:
+    return TiedLM(), _ids()
 
 
-def make(name: str, *, batch: int = 3, seed: int = 0, dropout: float = 0.0) -> Case:
-    """Build the zoo model ``name`` (float64) with an example batch."""
+TRANSFORMERS: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
+    "gpt2": gpt2, "bert": bert, "llama": llama, "t5": t5,
+}
+TORCH: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
+    "transformer_encoder": transformer_encoder, "cnn": cnn, "weight_norm": weight_norm,
+    "weight_norm_old": weight_norm_old, "orthogonal": orthogonal, "parametrized": parametrized,
+    "linear_subclass": linear_subclass, "tied_embeddings": tied_embeddings,
+}
+NAMES = list(TRANSFORMERS) + list(TORCH)
+
+
+def make(name: str, *, dtype: torch.dtype = torch.float64, seed: int = 0,
+         train: bool = False) -> tuple[nn.Module, Any]:
+    """``(model, inputs)`` of the zoo model ``name`` (see the module documentation)."""
+    builder = TRANSFORMERS.get(name) or TORCH[name]
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    ids = torch.randint(0, VOCAB, (batch, 6), generator=g)
-    lm_targets = torch.randint(0, VOCAB, (batch, 6), generator=g)
-    if name in TRANSFORMERS:
-        tf = _quiet_transformers()
-        if name == "gpt2":
-            cfg = tf.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=16,
-                                resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-            model: nn.Module = Logits(tf.GPT2LMHeadModel(cfg))
-        elif name == "bert":
-            cfg = tf.BertConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=24,
-                                num_attention_heads=2, vocab_size=VOCAB,
-                                max_position_embeddings=16, hidden_dropout_prob=dropout,
-                                attention_probs_dropout_prob=dropout)
-            model = Logits(tf.BertForMaskedLM(cfg))
-        elif name == "llama":
-            cfg = tf.LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=24,
-                                 num_attention_heads=2, num_key_value_heads=1, vocab_size=VOCAB,
-                                 max_position_embeddings=16, attention_dropout=dropout)
-            model = Logits(tf.LlamaForCausalLM(cfg))
-        else:
-            cfg = tf.T5Config(num_layers=1, num_decoder_layers=1, d_model=16, d_kv=8, d_ff=24,
-                              num_heads=2, vocab_size=VOCAB, decoder_start_token_id=0,
-                              pad_token_id=0, dropout_rate=dropout)
-            model = Logits(tf.T5ForConditionalGeneration(cfg), seq2seq=True)
-            dec = torch.randint(0, VOCAB, (batch, 5), generator=g)
-            tgt = torch.randint(0, VOCAB, (batch, 5), generator=g)
-            return Case(name, model.double().train(), (ids, dec), tgt, lm_loss)
-        return Case(name, model.double().train(), (ids,), lm_targets, lm_loss)
-    if name == "transformer_encoder":
-        layer = nn.TransformerEncoderLayer(8, 2, 12, dropout=dropout, batch_first=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        model = nn.Sequential(enc, nn.Flatten(), nn.Linear(5 * 8, 3))
-        x = torch.randn(batch, 5, 8, generator=g)
-        return Case(name, model.double().train(), (x.double(),),
-                    torch.randn(batch, 3, generator=g).double(), mse)
-    if name == "cnn_bn_layerscale":
-        model = nn.Sequential(
-            nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), LayerScale(4), nn.ReLU(),
-            nn.Conv2d(4, 3, 3, stride=2, padding=1, padding_mode="reflect"), nn.GroupNorm(1, 3),
-            nn.Flatten(), nn.Linear(3 * 4 * 4, 2),
-        ).double()
-        model.train()
-        model[1].eval()  # BatchNorm with running statistics
-        with torch.no_grad():
-            model[1].running_mean.uniform_(-0.5, 0.5)
-            model[1].running_var.uniform_(0.5, 1.5)
-        x = torch.randn(batch, 2, 8, 8, generator=g).double()
-        return Case(name, model, (x,), torch.randn(batch, 2, generator=g).double(), mse)
-    if name in ("weight_norm", "weight_norm_old", "orthogonal"):
-        from torch.nn.utils import parametrizations
+    model, inputs = builder()
+    model = model.to(dtype).train(train)
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    return model, inputs
 
-        if name == "weight_norm":
-            first = parametrizations.weight_norm(nn.Linear(4, 5))
-        elif name == "weight_norm_old":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                first = torch.nn.utils.weight_norm(nn.Linear(4, 5))
-        else:
-            first = nn.Linear(4, 5)
-        second = parametrizations.orthogonal(nn.Linear(5, 5)) if name == "orthogonal" else (
-            nn.Linear(5, 5)
-        )
-        model = nn.Sequential(first, nn.Tanh(), second, nn.Tanh(), nn.Linear(5, 2)).double()
-        x = torch.randn(batch, 4, generator=g).double()
-        return Case(name, model.train(), (x,), torch.randn(batch, 2, generator=g).double(), mse)
-    if name == "linear_subclass":
-        model = nn.Sequential(GainLinear(4, 5), nn.ReLU(), nn.Linear(5, 2)).double()
-        x = torch.randn(batch, 4, generator=g).double()
-        return Case(name, model.train(), (x,), torch.randn(batch, 2, generator=g).double(), mse)
-    if name == "tied_embeddings":
-        model = TiedLM().double()
-        tid = torch.randint(0, 11, (batch, 7), generator=g)
-        return Case(name, model.train(), (tid,), torch.randint(0, 11, (batch, 7), generator=g),
-                    lm_loss)
-    raise KeyError(f"no zoo model {name!r}; have {ALL}")
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The first tensor of a model output (a tensor, a tuple, or a transformers ``ModelOutput``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "to_tuple"):
+        output = output.to_tuple()
+    if isinstance(output, dict):
+        output = list(output.values())
+    for o in output:
+        if isinstance(o, torch.Tensor):
+            return o
+    raise TypeError(f"no tensor in {type(output).__name__}")

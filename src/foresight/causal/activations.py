@@ -2,7 +2,9 @@
 
 An activation is any elementwise callable (an ``nn.Module`` such as ``nn.Sigmoid()`` or a function
 such as ``torch.tanh``); ``None`` is the identity. Bounded activations have a known output range
-(:func:`known_range`), used as the default output binning range.
+(:func:`known_range`), used as the default output binning range. Which modules and functions are
+activations, and their ranges, is the layer core's one list of kinds
+(:mod:`foresight.layers.kinds`); the names here are kept for compatibility.
 
 >>> import torch
 >>> known_range(torch.nn.Sigmoid()), known_range(torch.tanh), known_range(torch.nn.ReLU())
@@ -15,8 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
+
+from foresight.layers.kinds import (
+    ACTIVATION_MODULES,
+    PASS_THROUGH_MODULES,
+    activation_range,
+    inplace_method,
+)
 
 __all__ = [
     "Activation", "ACTIVATION_TYPES", "TRANSPARENT_TYPES", "known_range", "activation_name",
@@ -25,42 +33,16 @@ __all__ = [
 
 Activation = Callable[[Tensor], Tensor] | nn.Module | None
 
-#: Elementwise activation modules recognised after a weight layer (by the report).
-ACTIVATION_TYPES: tuple[type, ...] = (
-    nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
-    nn.Tanhshrink, nn.LogSigmoid, nn.PReLU,
-)
+#: Elementwise activation modules recognised after a weight layer (the layer core's list).
+ACTIVATION_TYPES: tuple[type, ...] = ACTIVATION_MODULES
 
 #: Modules passed over when looking for the activation that follows a weight layer.
-TRANSPARENT_TYPES: tuple[type, ...] = (
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.Flatten, nn.Unflatten,
-)
-
-_FUNCTION_RANGES: dict[Any, tuple[float, float]] = {
-    torch.sigmoid: (0.0, 1.0),
-    F.sigmoid: (0.0, 1.0),
-    torch.tanh: (-1.0, 1.0),
-    F.tanh: (-1.0, 1.0),
-    F.softsign: (-1.0, 1.0),
-}
+TRANSPARENT_TYPES: tuple[type, ...] = PASS_THROUGH_MODULES
 
 
 def known_range(activation: Activation) -> tuple[float, float] | None:
     """The output range of a bounded activation (``None`` if unbounded or unknown)."""
-    if isinstance(activation, (nn.Sigmoid, nn.Hardsigmoid)):
-        return (0.0, 1.0)
-    if isinstance(activation, (nn.Tanh, nn.Softsign)):
-        return (-1.0, 1.0)
-    if isinstance(activation, nn.ReLU6):
-        return (0.0, 6.0)
-    if isinstance(activation, nn.Hardtanh):
-        return (float(activation.min_val), float(activation.max_val))
-    try:
-        return _FUNCTION_RANGES.get(activation)
-    except TypeError:  # unhashable callable
-        return None
+    return activation_range(activation)
 
 
 def activation_name(activation: Activation) -> str:
@@ -85,20 +67,10 @@ def apply(activation: Activation, pre: Tensor) -> Tensor:
     return out
 
 
-def _inplace_method(activation: Activation) -> str | None:
-    if type(activation) in (nn.Sigmoid,) or activation in (torch.sigmoid, F.sigmoid):
-        return "sigmoid_"
-    if type(activation) in (nn.Tanh,) or activation in (torch.tanh, F.tanh):
-        return "tanh_"
-    if type(activation) is nn.ReLU or activation in (torch.relu, F.relu):
-        return "relu_"
-    return None
-
-
 def apply_(activation: Activation, pre: Tensor) -> Tensor:
     """Like :func:`apply`, but may overwrite ``pre`` (in place for sigmoid, tanh, ReLU)."""
     try:
-        method = _inplace_method(activation)
+        method = inplace_method(activation)
     except TypeError:  # a callable whose == fails
         method = None
     if method is None:

@@ -1,9 +1,14 @@
-"""The affine map ``y = x W + b`` of a weight layer on its flattened input, by layer type.
+"""The affine map ``y = x W + b`` of a weight layer on its flattened input.
 
-One small function per layer type, registered in :data:`AFFINE` and found along the module's MRO
-(so subclasses work). A rule returns ``(W, b, input_shape)`` with ``W`` of shape
-``[n_in, n_out]`` (row ``A`` = how input neuron ``A`` drives every output neuron) and ``b`` of
-shape ``[n_out]`` (zeros for a bias-free layer).
+The maps live with the layer core's rules: one per module type in
+:data:`foresight.layers.modules.AFFINE` (``nn.Linear``, ``nn.Conv1d/2d/3d``,
+``nn.ConvTranspose1d/2d/3d``, the two projections of ``nn.MultiheadAttention``), found along the
+module's MRO (so subclasses, parametrized modules among them, work), and one per operation
+(:meth:`foresight.layers.registry.Rule.affine`: ``F.linear``, ``addmm``, ``matmul``, convolutions)
+for layers that are not modules of their own (:func:`foresight.causal.report` with ``input=``).
+A rule returns ``(W, b, input_shape)`` with ``W`` of shape ``[n_in, n_out]`` (row ``A`` = how
+input neuron ``A`` drives every output neuron) and ``b`` of shape ``[n_out]`` (zeros for a
+bias-free layer).
 
 >>> import torch
 >>> w, b, shape = affine_map(torch.nn.Linear(3, 2))
@@ -13,18 +18,17 @@ shape ``[n_out]`` (zeros for a bias-free layer).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AFFINE", "affine_map", "register_affine", "is_weight_layer"]
+from foresight.layers.modules import AFFINE, Affine, lookup, standard_forward
+
+__all__ = ["AFFINE", "Affine", "affine_map", "register_affine", "is_weight_layer", "affine_parts"]
 
 Shape = tuple[int, ...]
 AffineRule = Callable[[nn.Module, "Shape | None"], tuple[Tensor, Tensor, Shape]]
-
-AFFINE: dict[type, AffineRule] = {}
 
 
 def register_affine(layer_type: type) -> Callable[[AffineRule], AffineRule]:
@@ -37,79 +41,56 @@ def register_affine(layer_type: type) -> Callable[[AffineRule], AffineRule]:
     return decorate
 
 
-def _find(layer: nn.Module) -> AffineRule | None:
-    for cls in type(layer).__mro__:
-        if cls in AFFINE:
-            return AFFINE[cls]
-    return None
-
-
 def is_weight_layer(module: nn.Module) -> bool:
-    """Whether :mod:`foresight.causal` can measure ``module``."""
-    return _find(module) is not None
+    """Whether :mod:`foresight.causal` can measure ``module`` as a whole (its type has an affine
+    map and it runs that type's ``forward``)."""
+    return lookup(AFFINE, module) is not None and (
+        isinstance(module, Affine) or standard_forward(module, (AFFINE,))
+    )
+
+
+def _check_shape(input_shape: Sequence[int] | None) -> Shape | None:
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    if shape is not None and (len(shape) == 0 or any(s < 1 for s in shape)):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
+    return shape
+
+
+def affine_parts(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[(suffix, layer)]``: ``layer`` itself, or one :class:`Affine` per map of a module whose
+    rule gives several (``nn.MultiheadAttention``: ``.in_proj`` and ``.out_proj``)."""
+    rule = lookup(AFFINE, layer)
+    if rule is None:
+        return [("", layer)]
+    try:
+        with torch.no_grad():
+            probe = rule(layer, None)
+    except (ValueError, TypeError):  # e.g. a convolution: needs an input shape; one map
+        return [("", layer)]
+    if not isinstance(probe, list):
+        return [("", layer)]
+    kind = type(layer).__name__
+    return [(suffix, Affine(w, b, shape, f"{kind}{suffix}")) for suffix, (w, b, shape) in probe]
 
 
 def affine_map(layer: nn.Module, input_shape: Sequence[int] | None = None) -> tuple[
     Tensor, Tensor, Shape
 ]:
     """``(W [n_in, n_out], b [n_out], input_shape)`` of ``layer`` (detached copies)."""
-    rule = _find(layer)
+    rule = lookup(AFFINE, layer)
     if rule is None:
         supported = ", ".join(sorted(t.__name__ for t in AFFINE))
         raise TypeError(
             f"foresight.causal: cannot measure a {type(layer).__name__}; supported layer types: "
             f"{supported} (register more with foresight.causal.affine.register_affine)"
         )
-    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-    if shape is not None and (len(shape) == 0 or any(s < 1 for s in shape)):
-        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
+    shape = _check_shape(input_shape)
     with torch.no_grad():
-        return rule(layer, shape)
-
-
-@register_affine(nn.Linear)
-def _linear(layer: nn.Module, input_shape: Shape | None) -> tuple[Tensor, Tensor, Shape]:
-    assert isinstance(layer, nn.Linear)
-    n_in = layer.in_features
-    if input_shape is not None and math.prod(input_shape) != n_in:
-        raise ValueError(
-            f"input_shape {input_shape} has {math.prod(input_shape)} elements but the Linear layer "
-            f"has in_features={n_in}; omit input_shape for Linear layers"
+        out = rule(layer, shape)
+    if isinstance(out, list):
+        raise TypeError(
+            f"foresight.causal: a {type(layer).__name__} has {len(out)} affine maps "
+            f"({', '.join(s.lstrip('.') for s, _ in out)}); foresight.causal.report measures "
+            "each, or take one with foresight.causal.affine.affine_parts"
         )
-    w = layer.weight.detach().t().clone()
-    b = (
-        layer.bias.detach().clone()
-        if layer.bias is not None
-        else torch.zeros(layer.out_features, dtype=w.dtype, device=w.device)
-    )
-    return w, b, (n_in,)
-
-
-@register_affine(nn.modules.conv._ConvNd)
-def _conv(layer: nn.Module, input_shape: Shape | None) -> tuple[Tensor, Tensor, Shape]:
-    assert isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    if input_shape is None:
-        field = (layer.in_channels, *layer.kernel_size)
-        raise ValueError(
-            f"{type(layer).__name__}: pass input_shape=(channels, *spatial) -- the input the "
-            f"layer is perturbed on, e.g. one receptive field {field}"
-        )
-    weight = layer.weight.detach()
-    n_in = math.prod(input_shape)
-    # The columns of the bias-free map: one forward pass of the basis vectors (exact: each
-    # output is a single product weight * 1 plus zeros).
-    basis = torch.eye(n_in, dtype=weight.dtype, device=weight.device).view(n_in, *input_shape)
-    try:
-        out = layer._conv_forward(basis, weight, None)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{type(layer).__name__} cannot run on input_shape {input_shape}: {exc}"
-        ) from exc
-    out_shape = out.shape[1:]
-    w = out.reshape(n_in, -1)
-    if layer.bias is None:
-        b = torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
-    else:
-        view = (-1,) + (1,) * (len(out_shape) - 1)
-        b = layer.bias.detach().view(view).expand(out_shape).reshape(-1).clone()
-    return w, b, input_shape
+    return out

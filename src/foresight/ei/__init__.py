@@ -11,6 +11,11 @@ output neuron: the Jacobian of the bias-free layer); a norm turns the rows into 
 For the built-in norms nothing dense is built: a few convolutions per layer suffice (see
 :mod:`foresight.ei.engine`), so ImageNet-size networks take about as long as a forward pass.
 
+Which graphs are counted comes from the layer core (:mod:`foresight.layers`, see
+:mod:`foresight.ei.layers`): modules with a module rule (``nn.Linear``, convolutions, average
+pools, ``nn.Embedding``, ``nn.MultiheadAttention``, registered types) and weight operations
+anywhere else (GPT-2's ``Conv1D``, tied output layers, parametrized weights).
+
 >>> import torch
 >>> import foresight.ei as fei
 >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AvgPool2d(2))
@@ -24,9 +29,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from foresight.ei import conv as _conv  # noqa: F401  (registers the layer rules)
-from foresight.ei import linear as _linear  # noqa: F401
-from foresight.ei import pool as _pool  # noqa: F401
 from foresight.ei.api import EIReport, LayerEI, degeneracy, determinism, ei, report
 from foresight.ei.conv import (
     conv1d_create_matrix,
@@ -37,6 +39,7 @@ from foresight.ei.conv import (
     conv_transpose3d_create_matrix,
 )
 from foresight.ei.engine import DEFAULT_MAX_DENSE_BYTES
+from foresight.ei.layers import LINEAR_POSITIONS
 from foresight.ei.linear import linear_create_matrix
 from foresight.ei.norms import H, lin_norm, sig_norm, soft_norm
 from foresight.ei.pool import (
@@ -55,7 +58,7 @@ from foresight.ei.registry import (
     NotMatrixFree,
     register_layer,
 )
-from foresight.ei.shapes import get_shapes
+from foresight.ei.shapes import Shapes, get_shapes
 
 __all__ = [
     "H",
@@ -63,6 +66,8 @@ __all__ = [
     "soft_norm",
     "sig_norm",
     "get_shapes",
+    "Shapes",
+    "LINEAR_POSITIONS",
     "determinism",
     "degeneracy",
     "ei",

@@ -15,14 +15,22 @@ from foresight._guard import preserved
 from foresight._result import Result
 from foresight.distributed import full_weights
 from foresight.ei.engine import DEFAULT_MAX_DENSE_BYTES, LayerStats, degeneracy_of, layer_stats
+from foresight.ei.layers import (
+    LINEAR_POSITIONS,
+    EILayer,
+    Found,
+    module_layers,
+    op_layer,
+    op_operands,
+    static_skipped,
+)
 from foresight.ei.norms import lin_norm
-from foresight.ei.registry import Shape, is_supported
-from foresight.ei.shapes import record_shapes, unsupported_layers
+from foresight.ei.registry import is_supported
+from foresight.ei.shapes import Shapes, record_shapes
 
 __all__ = ["determinism", "degeneracy", "ei", "report", "EIReport", "LayerEI"]
 
 Norm = Callable[[torch.Tensor], torch.Tensor] | None
-Shapes = dict[nn.Module, tuple[Shape, Shape]]
 
 
 @dataclass
@@ -45,7 +53,17 @@ class LayerEI:
 
 @dataclass
 class EIReport(Result):
-    """EI of a whole model with one row per layer (see :func:`report`)."""
+    """EI of a whole model with one row per layer (see :func:`report`).
+
+    ``skipped``: short strings ``"name (Type[, why])"``, one per layer left out of EI (a parameter
+    use with no weight graph, a layer the forward pass does not call). ``passed_over``: how many
+    operations of each kind the forward pass ran that have no weight graph by definition and
+    are not counted -- ``"norm"`` (normalisation layers), ``"scale"`` (the scale of a
+    normalisation written as a product, as in RMSNorm), ``"bias"`` (biases added on their own:
+    position embeddings, ``x + b``), ``"activation"``, ``"max-pool"``, ``"attention"``
+    (parameter-free attention), ``"residual"`` (adds of two activations). ``linear_positions``:
+    how linear maps applied along a sequence were counted (``"once"`` or ``"each"``).
+    """
 
     ei: float
     determinism: float
@@ -53,6 +71,8 @@ class EIReport(Result):
     layers: list[LayerEI] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     norm: str = "lin_norm"
+    passed_over: dict[str, int] = field(default_factory=dict)
+    linear_positions: str = "once"
 
     def __str__(self) -> str:
         def num(v: float) -> str:
@@ -84,11 +104,18 @@ class EIReport(Result):
                 c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
             ).rstrip()
 
-        out = [f"EI of the weight graph (bits, norm={self.norm})", line(head)]
+        out = [
+            f"EI of the weight graph (bits, norm={self.norm}, "
+            f"linear_positions={self.linear_positions})",
+            line(head),
+        ]
         out.append("  ".join("-" * w for w in widths))
         out += [line(r) for r in rows]
         if self.skipped:
             out.append("skipped (no weight graph registered): " + ", ".join(self.skipped))
+        if self.passed_over:
+            out.append("passed over (no weight graph by definition): " + ", ".join(
+                f"{n} {k}" for k, n in sorted(self.passed_over.items())))
         return "\n".join(out)
 
 
@@ -102,15 +129,7 @@ def _default_place(model: nn.Module, input: Any) -> tuple[torch.dtype, torch.dev
     return torch.float32, torch.device("cpu")
 
 
-def _collect(
-    model: nn.Module,
-    input: Any,
-    shapes: Shapes | None,
-    norm: Norm,
-    device: str | torch.device | None,
-    strict: bool,
-    max_dense_bytes: int,
-) -> tuple[list[tuple[str, nn.Module, LayerStats]], list[str]]:
+def _check(model: nn.Module, input: Any, shapes: Any, norm: Norm, linear_positions: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if shapes is None and input is None:
@@ -122,51 +141,97 @@ def _collect(
         raise TypeError(
             f"norm must be lin_norm, soft_norm, sig_norm, None or a callable, got {norm!r}"
         )
-    with full_weights(model), preserved(model), torch.no_grad():
-        names: dict[nn.Module, str] = {}
+    if linear_positions not in LINEAR_POSITIONS:
+        raise ValueError(
+            f"linear_positions must be 'once' (a linear map counted once, the 2020 convention) or "
+            f"'each' (counted at every position, like a 1x1 convolution), got {linear_positions!r}"
+        )
+    for name, p in model.named_parameters():
+        if p.is_meta:
+            raise ValueError(
+                f"parameter {name!r} is on the meta device: weights on the meta device have no "
+                "values, so their EI is undefined; materialise them first (e.g. "
+                "model.to_empty(device='cpu') and load_state_dict, or build the model without "
+                "device='meta')"
+            )
+
+
+def _layers(
+    model: nn.Module, found: Found, modules: dict, each: bool, device: Any, dtype, dev
+) -> list[EILayer]:
+    names: dict[nn.Module, str] = dict(found.names)
+    if any(m not in names for m in modules):
         for n, m in model.named_modules(remove_duplicate=False):
             names.setdefault(m, n)
-        from_input = shapes is None
+    order = [entry for entry in found.order if entry[0] == "op" or entry[1] in modules]
+    listed = {entry[1] for entry in order if entry[0] == "module"}
+    order += [("module", m) for m in modules if m not in listed]
+    operands = op_operands(model, found) if found.ops else []
+    out: list[EILayer] = []
+    for kind, item in order:
+        if kind == "op":
+            out.append(op_layer(found.ops[item], operands[item], each, device, dtype, dev))
+            continue
+        module = item
+        name = found.names.get(module, names.get(module, type(module).__name__))
+        if not is_supported(module):
+            raise ValueError(
+                f"shapes has layer {name!r} of type {type(module).__name__}, which has no "
+                "registered weight graph (see foresight.ei.register_layer)"
+            )
+        in_shape, out_shape = modules[module]
+        out += module_layers(module, name, tuple(in_shape), tuple(out_shape), each, device,
+                             dtype, dev)
+    return out
+
+
+def _collect(
+    model: nn.Module,
+    input: Any,
+    shapes: Shapes | dict | None,
+    norm: Norm,
+    device: str | torch.device | None,
+    strict: bool,
+    max_dense_bytes: int,
+    linear_positions: str = "once",
+) -> tuple[list[tuple[EILayer, LayerStats]], list[str], dict[str, int]]:
+    _check(model, input, shapes, norm, linear_positions)
+    with full_weights(model), preserved(model), torch.no_grad():
         if shapes is None:
-            shapes = record_shapes(model, input)
-        skipped = unsupported_layers(model)
-        if from_input:
-            skipped += [
-                f"{n or '(model)'} ({type(m).__name__}, not called by the forward pass)"
-                for m, n in names.items()
-                if is_supported(m) and m not in shapes
-            ]
+            found = record_shapes(model, input).found  # puts the model in eval mode
+            modules = dict(found.modules)
+        else:
+            if isinstance(shapes, Shapes) and shapes.found.ops:
+                model.eval()  # the ops' operands may need a forward pass (as when found)
+            if isinstance(shapes, Shapes):
+                found = shapes.found
+            else:
+                found = Found(skipped=static_skipped(model))
+            modules = dict(shapes)
+        skipped = list(found.skipped)
         if skipped:
             msg = (
-                "foresight.ei: these layers have parameters but no registered weight graph and "
-                "are left out of EI: " + ", ".join(skipped)
-                + ". Register them with foresight.ei.register_layer, or pass strict=True to make "
-                "this an error."
+                "foresight.ei: these layers have parameters but no registered weight graph (or "
+                "are not used by the forward pass) and are left out of EI: " + ", ".join(skipped)
+                + ". Register them with foresight.ei.register_layer (a module) or "
+                "foresight.layers.register_rule (an operation), or pass strict=True to make this "
+                "an error."
             )
             if strict:
                 raise ValueError(msg)
             warnings.warn(msg, stacklevel=3)
-        if not shapes:
-            found = sorted({type(m).__name__ for m in model.modules()})
+        if not modules and not found.ops:
+            found_types = sorted({type(m).__name__ for m in model.modules()})
             raise ValueError(
                 "no supported layer (Linear, ConvNd, ConvTransposeNd, AvgPoolNd, "
-                f"AdaptiveAvgPoolNd or a registered type) in the model; found: {', '.join(found)}"
+                "AdaptiveAvgPoolNd, Embedding, MultiheadAttention, a linear/addmm/matmul/conv/"
+                "embedding/average-pooling operation or a registered type) in the model; found: "
+                f"{', '.join(found_types)}"
             )
         dtype, dev = _default_place(model, input)
-        out = []
-        for module, (in_shape, out_shape) in shapes.items():
-            name = names.get(module, type(module).__name__)
-            if not is_supported(module):
-                raise ValueError(
-                    f"shapes has layer {name!r} of type {type(module).__name__}, which has no "
-                    "registered weight graph (see foresight.ei.register_layer)"
-                )
-            stats = layer_stats(
-                module, name, tuple(in_shape), tuple(out_shape), norm, device, dtype, dev,
-                max_dense_bytes,
-            )
-            out.append((name, module, stats))
-    return out, skipped
+        layers = _layers(model, found, modules, linear_positions == "each", device, dtype, dev)
+        out = [(layer, layer_stats(layer, norm, max_dense_bytes)) for layer in layers]
+    return out, skipped, dict(found.passed_over)
 
 
 def _determinism(stats: list[LayerStats]) -> float:
@@ -188,6 +253,12 @@ _DOC_ARGS = """
             weights are.
         strict: raise instead of warning when a layer with parameters has no registered graph.
         max_dense_bytes: largest dense matrix built for a custom norm (default 1 GiB).
+        linear_positions: ``"once"`` (default, the 2020 convention): a linear map applied at
+            every position of a sequence (``nn.Linear`` on ``(B, T, features)``, an embedding
+            lookup, an attention projection) is counted once, as its ``in x out`` weight graph;
+            ``"each"``: counted at every position, block-diagonally, like a 1x1 convolution
+            (``T * in`` inputs, ``T * out`` outputs). Convolutions and pools always span every
+            position.
 """
 
 
@@ -200,6 +271,7 @@ def determinism(
     *,
     strict: bool = False,
     max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+    linear_positions: str = "once",
 ) -> float:
     r"""Mean entropy (bits) of the normalised out-weights of every input neuron of every layer.
 
@@ -218,8 +290,9 @@ def determinism(
     >>> determinism(torch.nn.Linear(4, 4), torch.randn(1, 4)) <= 2.0
     True
     """
-    stats, _ = _collect(model, input, shapes, norm, device, strict, max_dense_bytes)
-    return _determinism([s for _, _, s in stats])
+    stats, _, _ = _collect(model, input, shapes, norm, device, strict, max_dense_bytes,
+                           linear_positions)
+    return _determinism([s for _, s in stats])
 
 
 def degeneracy(
@@ -231,6 +304,7 @@ def degeneracy(
     *,
     strict: bool = False,
     max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+    linear_positions: str = "once",
 ) -> float:
     r"""Entropy (bits) of the cumulative normalised in-weights of all output neurons.
 
@@ -249,8 +323,9 @@ def degeneracy(
     >>> degeneracy(m, torch.randn(1, 4))
     2.0
     """
-    stats, _ = _collect(model, input, shapes, norm, device, strict, max_dense_bytes)
-    return degeneracy_of([s for _, _, s in stats])
+    stats, _, _ = _collect(model, input, shapes, norm, device, strict, max_dense_bytes,
+                           linear_positions)
+    return degeneracy_of([s for _, s in stats])
 
 
 def ei(
@@ -262,6 +337,7 @@ def ei(
     *,
     strict: bool = False,
     max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+    linear_positions: str = "once",
 ) -> float:
     r"""Effective information (bits) of the model's weight graph.
 
@@ -285,8 +361,9 @@ def ei(
     >>> ei(m, torch.randn(1, 8))
     3.0
     """
-    stats, _ = _collect(model, input, shapes, norm, device, strict, max_dense_bytes)
-    layer = [s for _, _, s in stats]
+    stats, _, _ = _collect(model, input, shapes, norm, device, strict, max_dense_bytes,
+                           linear_positions)
+    layer = [s for _, s in stats]
     return degeneracy_of(layer) - _determinism(layer)
 
 
@@ -305,6 +382,7 @@ def report(
     *,
     strict: bool = False,
     max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+    linear_positions: str = "once",
 ) -> EIReport:
     r"""EI, determinism and degeneracy of the model, and of every layer on its own.
 
@@ -330,16 +408,15 @@ def report(
     >>> abs(r.ei - ei(net, torch.randn(1, 8))) < 1e-12
     True
     """
-    with full_weights(model):  # the layer types as unsharded (Linear, not FSDP's FSDPLinear)
-        stats, skipped = _collect(model, input, shapes, norm, device, strict, max_dense_bytes)
-        rows = []
-        for name, module, s in stats:
-            det, deg = s.determinism, s.degeneracy
-            value = deg - det
-            eff = value / math.log2(s.n_out) if s.n_out > 1 else 0.0
-            rows.append(
-                LayerEI(name, type(module).__name__, s.n_in, s.n_out, det, deg, value, eff)
-            )
-    layer = [s for _, _, s in stats]
+    stats, skipped, passed = _collect(model, input, shapes, norm, device, strict,
+                                      max_dense_bytes, linear_positions)
+    rows = []
+    for layer, s in stats:
+        det, deg = s.determinism, s.degeneracy
+        value = deg - det
+        eff = value / math.log2(s.n_out) if s.n_out > 1 else 0.0
+        rows.append(LayerEI(layer.name, layer.type, s.n_in, s.n_out, det, deg, value, eff))
+    layer = [s for _, s in stats]
     det, deg = _determinism(layer), degeneracy_of(layer)
-    return EIReport(deg - det, det, deg, rows, skipped, _norm_name(norm))
+    return EIReport(deg - det, det, deg, rows, skipped, _norm_name(norm), passed,
+                    linear_positions)

@@ -13,7 +13,7 @@ and :math:`c_j = \sum_i r_{ij}/s_i`. soft_norm and sig_norm use the same identit
 writing :math:`g(w) = e^w - 1` (resp. :math:`\sigma(w) - 1/2`), which vanishes there, the row
 normaliser is :math:`Z_i = n_{out} + \sum_j g(W_{ij})` (resp. :math:`n_{out}/2 + \dots`) without
 counting the unconnected outputs. All sums :math:`\sum_j f(W_{ij})` and :math:`\sum_i u_i f(W_{ij})`
-come from the layer's :class:`~foresight.ei.registry.Connectivity` (a few convolutions).
+come from the layer's :class:`~foresight.layers.graphs.Connectivity` (a few convolutions).
 Compute is float32 (float64 for float64 weights) with float64 accumulation.
 """
 
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from foresight.ei.conv import compute_dtype
+from foresight.ei.layers import EILayer
 from foresight.ei.norms import H, lin_norm, sig_norm, soft_norm
-from foresight.ei.registry import Connectivity, NotMatrixFree, Shape, find_builder, find_rule
+from foresight.layers.graphs import Connectivity
 
 __all__ = ["LayerStats", "layer_stats", "DEFAULT_MAX_DENSE_BYTES"]
 
@@ -198,115 +198,54 @@ def _matrix_free_for(norm: Callable | None) -> Callable[[Connectivity], LayerSta
 
 
 def _dense(
-    module: nn.Module,
-    name: str,
-    in_shape: Shape,
-    out_shape: Shape,
-    norm: Callable | None,
-    device: torch.device,
-    max_bytes: int,
-    n_in: int,
-    n_out: int,
-    why: str,
+    layer: EILayer, norm: Callable | None, max_bytes: int, why: str
 ) -> LayerStats:
+    n_in, n_out = layer.n_in, layer.n_out
     need = n_in * n_out * 8
     if need > max_bytes:
         raise ValueError(
-            f"layer {name!r} ({type(module).__name__}): {why}, and its dense {n_in} x {n_out} "
+            f"layer {layer.name!r} ({layer.type}): {why}, and its dense {n_in} x {n_out} "
             f"connectivity matrix needs about {need / 2**30:.2f} GiB, more than max_dense_bytes="
             f"{max_bytes}. Use a built-in norm (lin_norm, soft_norm, sig_norm or None), which is "
             "computed without the matrix, or raise max_dense_bytes."
         )
-    builder = find_builder(module)
-    if builder is None:
-        raise ValueError(f"layer {name!r} ({type(module).__name__}) has no dense builder: {why}")
-    W = builder(module, in_shape, out_shape).to(device)
+    if layer.dense is None:
+        raise ValueError(f"layer {layer.name!r} ({layer.type}) has no dense builder: {why}")
+    W = layer.dense().to(layer.device)
     if W.dtype not in (torch.float32, torch.float64):
         W = W.float()
     P = norm(W) if norm is not None else W
     return _stats(P.shape[0], P.shape[1], H(P, dim=1).sum(dtype=torch.float64), P.sum(0), True)
 
 
-def _param_dtype(
-    module: nn.Module, default: torch.dtype
-) -> tuple[torch.dtype, torch.device | None]:
-    for p in module.parameters(recurse=False):
-        if p.is_floating_point():
-            return compute_dtype(p), p.device
-    return default, None
-
-
 def layer_stats(
-    module: nn.Module,
-    name: str,
-    in_shape: Shape,
-    out_shape: Shape,
-    norm: Callable | None,
-    device: torch.device | None,
-    default_dtype: torch.dtype,
-    default_device: torch.device,
-    max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+    layer: EILayer, norm: Callable | None, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES
 ) -> LayerStats:
     """Row-entropy sum and column-mass statistics of one layer under ``norm``.
 
     Non-finite weights make some statistic non-finite; only then are the parameters checked, so
     that the error names the layer and parameter at no cost in the common case.
     """
-    stats = _layer_stats(
-        module, name, in_shape, out_shape, norm, device, default_dtype, default_device,
-        max_dense_bytes,
-    )
+    if layer.n_in == 0 or layer.n_out == 0:
+        # no connections: its inputs (if any) have empty out-weight rows -- entropy 0, counted in
+        # the determinism's average like any input without out-weights -- and no column mass
+        return LayerStats(layer.n_in, layer.n_out, 0.0, 0.0, 0.0, 0.0, 0.0)
+    compute = _matrix_free_for(norm)
+    if compute is not None and layer.graph is not None:
+        stats = compute(layer.graph)
+    else:
+        why = layer.why if layer.graph is None else "a custom norm needs the dense matrix"
+        stats = _dense(layer, norm, max_dense_bytes, why)
     values = (stats.entropy_sum, stats.pos_mass, stats.pos_xlogx, stats.neg_mass, stats.neg_xlogx)
     if not all(math.isfinite(v) for v in values):
-        for pname, p in module.named_parameters(recurse=False):
-            if not bool(torch.isfinite(p.detach()).all()):
+        for pname, p in layer.tensors():
+            if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
                 raise ValueError(
-                    f"layer {name!r} ({type(module).__name__}) has non-finite values (NaN or "
+                    f"layer {layer.name!r} ({layer.type}) has non-finite values (NaN or "
                     f"inf) in its parameter {pname!r}; EI is undefined"
                 )
         raise ValueError(
-            f"layer {name!r} ({type(module).__name__}): the norm overflowed (weights too large "
+            f"layer {layer.name!r} ({layer.type}): the norm overflowed (weights too large "
             "for soft_norm/sig_norm in this precision?); try float64 weights or lin_norm"
         )
     return stats
-
-
-def _layer_stats(
-    module: nn.Module,
-    name: str,
-    in_shape: Shape,
-    out_shape: Shape,
-    norm: Callable | None,
-    device: torch.device | None,
-    default_dtype: torch.dtype,
-    default_device: torch.device,
-    max_dense_bytes: int,
-) -> LayerStats:
-    dtype, pdev = _param_dtype(module, default_dtype)
-    dev = torch.device(device) if device is not None else (pdev or default_device)
-    compute = _matrix_free_for(norm)
-    rule = find_rule(module)
-    why = "a custom norm needs the dense matrix"
-    conn = None
-    n_in = n_out = -1
-    if rule is not None:
-        try:
-            conn = rule(module, in_shape, out_shape, dev, dtype)
-            n_in, n_out = conn.n_in, conn.n_out
-        except NotMatrixFree as exc:
-            why = f"it cannot be evaluated matrix-free ({exc})"
-            n_in, n_out = exc.n_in, exc.n_out
-    else:
-        why = "its type has only a dense builder"
-    if compute is not None and conn is not None:
-        return compute(conn)
-    if n_in < 0 or n_out < 0:  # a dense-only type: guard with the per-example sizes
-        n_in, n_out = _count(in_shape[1:]), _count(out_shape[1:])
-    return _dense(module, name, in_shape, out_shape, norm, dev, max_dense_bytes, n_in, n_out, why)
-
-
-def _count(shape: Shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n

@@ -1,6 +1,7 @@
-"""Which modules have a weight graph, and how to get it.
+"""Which modules have a weight graph, and how to get it -- the 2020 registries, now the layer
+core's module rules (:mod:`foresight.layers.modules`).
 
-Two registries, both keyed by module type and searched along the module's MRO (so subclasses are
+Two tables, both keyed by module type and searched along the module's MRO (so subclasses are
 found):
 
 * :data:`RULES` -- matrix-free rules: ``rule(module, in_shape, out_shape, device, dtype)`` returns a
@@ -9,17 +10,22 @@ found):
 * :data:`VALID_MODULES` -- the 2020 API: ``builder(module, in_shape, out_shape)`` returns the dense
   ``(inputs, outputs)`` connectivity matrix (the Jacobian of the bias-free layer).
 
-A type with only a dense builder is still supported (through the dense path, guarded by a memory
-limit). :func:`register_layer` adds a type to both.
+They *are* :data:`foresight.layers.modules.GRAPHS` and :data:`~foresight.layers.modules.DENSE`:
+an entry added here is known to every metric. A type with only a dense builder is still supported
+(through the dense path, guarded by a memory limit). :func:`register_layer` adds a type to both.
+Operations that no module rule covers (GPT-2's ``Conv1D``, a tied output layer, parametrized
+weights used by hand) are handled by the operation rules of :mod:`foresight.layers.rules`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
+
+from foresight.layers.graphs import Connectivity, Elementwise, NotMatrixFree, Shape, features
+from foresight.layers.kinds import PASS_OVER_MODULES
+from foresight.layers.modules import DENSE, GRAPHS, is_registered, lookup
 
 __all__ = [
     "Connectivity",
@@ -32,62 +38,19 @@ __all__ = [
     "find_builder",
     "is_supported",
     "features",
+    "Elementwise",
+    "Shape",
 ]
 
-Elementwise = Callable[[Tensor], Tensor]
-Shape = tuple[int, ...]
-
-
-class Connectivity(Protocol):
-    """A layer's connectivity matrix :math:`W` (``n_in`` rows, ``n_out`` columns), implicitly.
-
-    Every ``f`` passed in is elementwise with :math:`f(0) = 0`, so that pairs of neurons that are
-    not connected contribute nothing.
-    """
-
-    n_in: int
-    n_out: int
-
-    def rows(self, fns: Sequence[Elementwise]) -> list[Tensor]:
-        r"""For each ``f``: the vector :math:`\sum_j f(W_{ij})` over inputs ``i`` (length n_in)."""
-        ...
-
-    def cols(self, fn: Elementwise, u: Tensor) -> Tensor:
-        r"""The vector :math:`\sum_i u_i f(W_{ij})` over outputs ``j`` (length n_out)."""
-        ...
-
-
-class NotMatrixFree(Exception):
-    """Raised by a rule for a configuration it cannot evaluate without the dense matrix."""
-
-    def __init__(self, message: str, n_in: int = -1, n_out: int = -1) -> None:
-        super().__init__(message)
-        self.n_in, self.n_out = n_in, n_out
-
-
-Rule = Callable[[nn.Module, Shape, Shape, torch.device, torch.dtype], Connectivity]
+Rule = Callable[..., Connectivity]
 Builder = Callable[[nn.Module, Shape, Shape], Tensor]
 
-RULES: dict[type, Rule] = {}
-VALID_MODULES: dict[type, Builder] = {}
-
+#: Matrix-free rules by module type (the layer core's module graph table).
+RULES: dict[type, Rule] = GRAPHS
+#: Dense builders by module type, the 2020 name (the layer core's dense table).
+VALID_MODULES: dict[type, Builder] = DENSE
 #: Module types with parameters but no weight graph of their own; passed over without a warning.
-PASS_OVER: tuple[type, ...] = tuple(
-    t
-    for t in (
-        nn.modules.batchnorm._NormBase,
-        nn.LayerNorm,
-        nn.GroupNorm,
-        nn.LocalResponseNorm,
-        getattr(nn, "RMSNorm", None),
-        nn.PReLU,
-        nn.modules.dropout._DropoutNd,
-        nn.Identity,
-        nn.Flatten,
-        nn.Unflatten,
-    )
-    if t is not None
-)
+PASS_OVER: tuple[type, ...] = PASS_OVER_MODULES
 
 
 def register_layer(
@@ -125,39 +88,16 @@ def register_layer(
     return decorate
 
 
-def _lookup(module: nn.Module, table: dict) -> Callable | None:
-    for klass in type(module).__mro__:
-        if klass in table:
-            return table[klass]
-    return None
-
-
 def find_rule(module: nn.Module) -> Rule | None:
     """The matrix-free rule for ``module`` (nearest registered base class), or ``None``."""
-    return _lookup(module, RULES)
+    return lookup(RULES, module)
 
 
 def find_builder(module: nn.Module) -> Builder | None:
     """The dense builder for ``module`` (nearest registered base class), or ``None``."""
-    return _lookup(module, VALID_MODULES)
+    return lookup(VALID_MODULES, module)
 
 
 def is_supported(module: nn.Module) -> bool:
     """Whether ``module`` has a registered weight graph (matrix-free rule or dense builder)."""
-    for klass in type(module).__mro__:
-        if klass in RULES or klass in VALID_MODULES:
-            return True
-    return False
-
-
-def features(shape: Shape, n_spatial: int) -> Shape:
-    """The per-example feature shape ``(C, *spatial)`` of a batched or unbatched shape."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == n_spatial + 2:
-        return shape[1:]
-    if len(shape) == n_spatial + 1:
-        return shape
-    raise ValueError(
-        f"expected a shape with {n_spatial + 1} (unbatched) or {n_spatial + 2} (batched) "
-        f"dimensions, got {shape}"
-    )
+    return is_registered(module)

@@ -1,4 +1,4 @@
-"""Finding each supported layer's input and output shape with one forward pass."""
+"""Finding the weight graphs EI counts, and their shapes, with one forward pass."""
 
 from __future__ import annotations
 
@@ -9,28 +9,36 @@ from torch import nn
 
 from foresight._guard import preserved
 from foresight.distributed import full_weights
-from foresight.ei.registry import PASS_OVER, Shape, is_supported
+from foresight.ei.layers import Found, find_layers, static_skipped
+from foresight.ei.registry import Shape
 
-__all__ = ["get_shapes", "record_shapes", "unsupported_layers"]
-
-
-def _run(model: nn.Module, input: Any) -> None:
-    if isinstance(input, dict):
-        model(**input)
-    elif isinstance(input, (tuple, list)):
-        model(*input)
-    else:
-        model(input)
+__all__ = ["get_shapes", "record_shapes", "unsupported_layers", "Shapes"]
 
 
-def get_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Shape]]:
-    """``{module: (in_shape, out_shape)}`` for every supported layer of ``model``, in call order.
+class Shapes(dict):
+    """``{module: (in_shape, out_shape)}`` of the modules EI counts (what :func:`get_shapes`
+    returns), which also remembers the operations it counts outside such modules (GPT-2's
+    ``Conv1D``, a tied output layer, a parametrized weight used by hand) and what it skipped and
+    passed over, so that ``ei(model, shapes=...)`` measures exactly what ``ei(model, input)``
+    does. A plain ``dict`` of modules works too (modules only)."""
+
+    found: Found
+
+    def __init__(self, found: Found) -> None:
+        super().__init__(found.modules)
+        self.found = found
+
+
+def get_shapes(model: nn.Module, input: Any) -> Shapes:
+    """``{module: (in_shape, out_shape)}`` for every module EI counts as a whole, in call order.
 
     Runs ``model(input)`` once (a tuple is unpacked into positional arguments, a dict into
     keyword arguments) in evaluation mode under ``torch.no_grad()``, inside
     :func:`foresight._guard.preserved`: the model's mode, hooks and buffers (BatchNorm running
     statistics) are exactly as before afterwards. A layer called several times keeps the shapes of
-    its first call.
+    its first call. When some parameter is read outside such modules, the layer core's full plan
+    is made too (:func:`foresight.layers.discover`: three more passes on three examples) and kept
+    in the result (see :class:`Shapes`).
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     >>> list(get_shapes(net, torch.randn(5, 4)).values())
@@ -40,41 +48,23 @@ def get_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Sha
         return record_shapes(model, input)
 
 
-def record_shapes(model: nn.Module, input: Any) -> dict[nn.Module, tuple[Shape, Shape]]:
+def record_shapes(model: nn.Module, input: Any) -> Shapes:
     """:func:`get_shapes` without its own :func:`~foresight._guard.preserved` (callers that
     already hold one). Puts the model in eval mode and leaves it so: the caller restores it."""
-    shapes: dict[nn.Module, tuple[Shape, Shape]] = {}
-
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        if module in shapes or not args or not isinstance(output, torch.Tensor):
-            return
-        if isinstance(args[0], torch.Tensor):
-            shapes[module] = (tuple(args[0].shape), tuple(output.shape))
-
-    handles = []
-    try:
-        with torch.no_grad():
-            model.eval()
-            for module in model.modules():
-                if is_supported(module):
-                    handles.append(module.register_forward_hook(hook))
-            _run(model, input)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+    with torch.no_grad():
+        model.eval()
+        return Shapes(find_layers(model, input))
 
 
 def unsupported_layers(model: nn.Module) -> list[str]:
-    """Names of submodules that own parameters but have no registered weight graph.
+    """Names of submodules that own parameters no weight graph covers (without a forward pass).
 
     Normalisation, parametrised activations, dropout, identity and flatten modules are passed over
-    (they have no weight graph); containers own no parameters of their own.
+    (they have no weight graph); containers own no parameters of their own; parametrizations
+    belong to the module they parametrize.
     """
-    names = []
-    for name, module in model.named_modules():
-        if is_supported(module) or isinstance(module, PASS_OVER):
-            continue
-        if any(True for _ in module.parameters(recurse=False)):
-            names.append(f"{name or '(model)'} ({type(module).__name__})")
-    return names
+    return static_skipped(model)
+
+
+def _unused(shape: Shape) -> None:  # pragma: no cover - keeps the re-exported name used
+    _ = shape

@@ -126,10 +126,12 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
     check_options(method, options)
 
 
-def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+def _resolve_layers(
+    model: nn.Module, layers: Sequence[str] | None, inputs: Any = None
+) -> list[str]:
     modules = dict(model.named_modules())
     if layers is None:
-        return default_layers(model)
+        return default_layers(model, inputs)
     if isinstance(layers, str):
         raise TypeError("layers must be a list of module names, e.g. layers=['1', '3']")
     names = list(layers)
@@ -154,7 +156,7 @@ def collect_representations(
     (mode, hooks, buffers, grads). Layers whose output is not a tensor are skipped with a
     warning; a layer called more than once per forward pass raises :class:`ValueError`.
     """
-    names = _resolve_layers(model, layers)
+    names = _resolve_layers(model, layers, inputs)
     user_named = layers is not None
     want_output = OUTPUT in names if user_named else True
     hooked = [n for n in names if n != OUTPUT]

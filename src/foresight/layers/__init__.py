@@ -6,7 +6,12 @@
   norm); parameters whose gradients it cannot see; where examples stop being independent.
 * :mod:`foresight.layers.registry` -- the rules (:class:`Rule`), keyed by torch function; add
   your own with :func:`register_rule`.
-* :mod:`foresight.layers.kinds` -- activations, normalisations, pass-through modules.
+* :mod:`foresight.layers.modules` -- rules for whole modules by type (EI graphs, dense builders,
+  causal affine maps: ``nn.MultiheadAttention``, padded convolutions, 2020-style registrations);
+* :mod:`foresight.layers.kinds` -- activations, normalisations, pass-through modules, weight
+  modules: the one list of layer kinds;
+* :mod:`foresight.layers.scan` -- one cheap forward pass (module calls, where parameters are
+  read), for metrics that need the full plan only sometimes.
 
 Every metric consumes the plan: :mod:`foresight.gns` for per-example gradient norms,
 :mod:`foresight.ei` for the weight graph, :mod:`foresight.causal` and :mod:`foresight.ib` for the
@@ -17,7 +22,7 @@ from foresight.layers import rules as _rules  # noqa: F401  (registers the built
 from foresight.layers.discover import DiscoveryError, discover
 from foresight.layers.layout import Layout
 from foresight.layers.plan import Derived, Operand, Plan, Step, Use
-from foresight.layers.registry import FALLBACK, RULES, Rule, register_rule
+from foresight.layers.registry import FALLBACK, RULES, Rule, register_rule, unregister_rule
 
 __all__ = [
     "discover",
@@ -32,4 +37,5 @@ __all__ = [
     "RULES",
     "FALLBACK",
     "register_rule",
+    "unregister_rule",
 ]

@@ -671,9 +671,11 @@ def _follow(plan: Plan, calls: list[_Call], use_of_call: dict[int, int],
             module = names.get(call.stack[-1], (None, None, None))[2] if call.stack else None
             if module is not None and kinds.is_activation(module):
                 use.followed_by = type(module).__name__
+                use.followed_by_module = names[call.stack[-1]][0]
                 break
             if kinds.is_activation(call.func):
                 use.followed_by = kinds.ACTIVATION_FUNCTIONS[call.func]
+                use.followed_by_call = (call.func, call.struct)
                 break
             if call.name not in _SHAPE_FUNCS or not call.outs:
                 break

@@ -72,6 +72,9 @@ class Use:
     out_shape: tuple[int, ...]
     options: dict[str, Any] = field(default_factory=dict)
     followed_by: str | None = None  # the elementwise activation applied to the output, if any
+    followed_by_module: str | None = None  # that activation's module name, when it is a module
+    followed_by_call: tuple[Any, Any] | None = None  # else (function, (args, kwargs) with its
+    # tensor arguments as calls.Pos): a functional activation with its options
     reason: str | None = None  # why the generic fallback handles it (kind == "fallback")
     grad: bool = True  # whether gradients flow through this call (False: under no_grad, or
     # inside a custom autograd.Function's forward, whose backward is its own)

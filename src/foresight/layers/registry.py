@@ -10,7 +10,11 @@ lookup, a normalisation, an elementwise scale or bias -- once, for every metric:
 * :meth:`Rule.per_example`: the per-example gradient contributions of the call to its operands
   (:mod:`foresight.layers.contrib`), from the input and the output gradient -- used by
   :mod:`foresight.gns`;
-* EI connectivity and the causal affine map, where the role is ``"weight"``.
+* :meth:`Rule.ei_graph` / :meth:`Rule.ei_dense` (the weight graph for :mod:`foresight.ei`) and
+  :meth:`Rule.affine` (the affine map for :mod:`foresight.causal`), where the role is ``"weight"``.
+
+Whole modules described as one (``nn.MultiheadAttention``, a reflect-padded convolution, types
+registered the 2020 way) have their rules in :mod:`foresight.layers.modules`, keyed by type.
 
 Rules are found by the function object a call dispatches with (``torch.nn.functional.linear``,
 ``torch.Tensor.mul``, ...). The first registered rule whose :meth:`~Rule.match` accepts a call
@@ -29,7 +33,8 @@ from foresight.layers.calls import Pos
 from foresight.layers.layout import Layout
 
 __all__ = [
-    "Rule", "RULES", "FALLBACK", "register_rule", "rules_for", "match", "match_free", "bind",
+    "Rule", "RULES", "FALLBACK", "register_rule", "unregister_rule", "rules_for", "match",
+    "match_free", "bind",
 ]
 
 Match = tuple["Rule", int, dict[str, int], dict[str, Any]]
@@ -80,6 +85,33 @@ class Rule:
         """``{slot: contribution}`` of one call, for ``batch`` examples."""
         raise NotImplementedError
 
+    # What the weight-graph metrics ask of a rule with role "weight". ``operands`` are the
+    # tensors the call read (``{slot: tensor}``: parameters, or derived tensors' values).
+
+    def ei_graph(
+        self, use: Any, operands: dict[str, Tensor], device: Any, dtype: Any
+    ) -> Any:
+        """The matrix-free weight graph (:class:`~foresight.layers.graphs.Connectivity`) of
+        one example (``use.in_shape`` -> ``use.out_shape``), counted once per call site; raise
+        :class:`~foresight.layers.graphs.NotMatrixFree` where only the dense matrix will do."""
+        raise NotImplementedError(f"{type(self).__name__} has no weight graph")
+
+    def ei_dense(self, use: Any, operands: dict[str, Tensor]) -> Tensor:
+        """The dense ``(inputs, outputs)`` connectivity matrix of :meth:`ei_graph`."""
+        raise NotImplementedError(f"{type(self).__name__} has no weight graph")
+
+    def ei_positions(self, use: Any) -> int:
+        """At how many positions of one example the graph is applied (``linear_positions=
+        "each"`` counts it that many times); 1 when the graph already spans every position."""
+        return 1
+
+    def affine(
+        self, use: Any, operands: dict[str, Tensor], input_shape: tuple[int, ...] | None = None
+    ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        """``(W [n_in, n_out], b [n_out], input_shape)``: the affine map the causal measures
+        perturb (``input_shape`` per example; ``None``: the rule's default)."""
+        raise NotImplementedError(f"{type(self).__name__} has no affine map")
+
 
 RULES: list[Rule] = []
 _BY_FUNC: dict[Any, list[Rule]] = {}
@@ -92,6 +124,16 @@ def register_rule(rule: Rule, *, first: bool = False) -> Rule:
         bucket = _BY_FUNC.setdefault(f, [])
         bucket.insert(0, rule) if first else bucket.append(rule)
     return rule
+
+
+def unregister_rule(rule: Rule) -> None:
+    """Remove a rule added with :func:`register_rule`."""
+    if rule in RULES:
+        RULES.remove(rule)
+    for f in rule.funcs:
+        bucket = _BY_FUNC.get(f, [])
+        if rule in bucket:
+            bucket.remove(rule)
 
 
 def rules_for(func: Callable[..., Any]) -> list[Rule]:

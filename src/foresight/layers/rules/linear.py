@@ -6,18 +6,61 @@ Per example :math:`b`, with :math:`A_b \in \mathbb{R}^{T \times I}` the inputs a
 gradient is :math:`G_b^\top A_b` (``F.linear``, weight ``(out, in)``) or :math:`A_b^\top G_b`
 (``addmm``/``matmul``, weight ``(in, out)``), an :class:`~foresight.layers.contrib.Outer`
 contribution; the bias's is :math:`\sum_t G_{bt}`.
+
+The weight graph (:mod:`foresight.ei`) is the ``(in, out)`` connectivity matrix -- ``weight.T``
+for ``F.linear``, the weight itself for ``addmm``/``matmul`` (times ``alpha``) -- counted once per
+call site (the 2020 convention) or at every position of a sequence
+(``linear_positions="each"``); the causal affine map is the same matrix with the bias.
+``nn.Linear`` is also registered as a module (:mod:`foresight.layers.modules`), for the 2020
+``foresight.ei.VALID_MODULES`` API.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
 
 from foresight.layers.contrib import Dense, Outer
+from foresight.layers.graphs import MatrixGraph, Shape, numel
+from foresight.layers.modules import effective, register_module
 from foresight.layers.registry import Rule, register_rule
 from foresight.layers.rules._common import flat_batch, is_batched, is_tracked, pos
 
-__all__ = ["LinearRule", "AddmmRule", "MatmulRule"]
+__all__ = [
+    "LinearRule", "AddmmRule", "MatmulRule", "LinearGraph", "linear_create_matrix",
+    "matrix_affine",
+]
+
+
+def LinearGraph(weight: Tensor, device=None, dtype=None) -> MatrixGraph:  # noqa: N802
+    """Matrix-free view of ``weight.T`` for an ``(out, in)`` weight (``nn.Linear``)."""
+    return MatrixGraph(weight, "out_in", device, dtype)
+
+
+def _positions(in_shape: Shape) -> int:
+    """Positions of a linear map applied along the last dimension of a per-example input."""
+    return numel(in_shape[:-1])
+
+
+def matrix_affine(
+    w_in_out: Tensor, bias: Tensor | None, input_shape, n_in: int, what: str
+) -> tuple[Tensor, Tensor, Shape]:
+    """``(W, b, (n_in,))`` of a matrix layer (``input_shape`` must have ``n_in`` entries)."""
+    if input_shape is not None and math.prod(input_shape) != n_in:
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} has {math.prod(input_shape)} elements but the "
+            f"{what} layer has in_features={n_in}; omit input_shape for {what} layers"
+        )
+    w = w_in_out.detach().clone()
+    b = (
+        bias.detach().reshape(-1).clone()
+        if bias is not None
+        else torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
+    )
+    return w, b, (n_in,)
 
 
 def _last_dim_free(layout, ndim: int) -> bool:
@@ -58,6 +101,19 @@ class LinearRule(Rule):
             out["bias"] = Dense(g.sum(1))
         return out
 
+    def ei_graph(self, use, operands, device, dtype):
+        return MatrixGraph(operands["weight"], "out_in", device, dtype)
+
+    def ei_dense(self, use, operands):
+        return MatrixGraph(operands["weight"], "out_in").dense()
+
+    def ei_positions(self, use):
+        return _positions(use.in_shape)
+
+    def affine(self, use, operands, input_shape=None):
+        w = operands["weight"]
+        return matrix_affine(w.t(), operands.get("bias"), input_shape, int(w.shape[1]), "linear")
+
 
 class AddmmRule(Rule):
     """``torch.addmm(bias, x, weight, beta=, alpha=)`` with weight ``(in, out)``."""
@@ -96,6 +152,24 @@ class AddmmRule(Rule):
             out["bias"] = Dense(s * beta if beta != 1 else s)
         return out
 
+    def ei_graph(self, use, operands, device, dtype):
+        return MatrixGraph(operands["weight"], "in_out", device, dtype,
+                           float(use.options.get("alpha", 1)))
+
+    def ei_dense(self, use, operands):
+        return MatrixGraph(operands["weight"], "in_out",
+                           scale=float(use.options.get("alpha", 1))).dense()
+
+    def ei_positions(self, use):
+        return _positions(use.in_shape)
+
+    def affine(self, use, operands, input_shape=None):
+        w = operands["weight"] * float(use.options.get("alpha", 1))
+        bias = operands.get("bias")
+        if bias is not None:
+            bias = bias * float(use.options.get("beta", 1))
+        return matrix_affine(w, bias, input_shape, int(w.shape[0]), "addmm")
+
 
 class MatmulRule(Rule):
     """``x @ W`` (``torch.matmul``, ``torch.mm``) with a 2-D weight ``(in, out)`` on the right."""
@@ -124,7 +198,61 @@ class MatmulRule(Rule):
         g = flat_batch(grad, use.out_layout, batch, 1)
         return {"weight": Outer(a, g)}
 
+    def ei_graph(self, use, operands, device, dtype):
+        return MatrixGraph(operands["weight"], "in_out", device, dtype)
+
+    def ei_dense(self, use, operands):
+        return MatrixGraph(operands["weight"], "in_out").dense()
+
+    def ei_positions(self, use):
+        return _positions(use.in_shape)
+
+    def affine(self, use, operands, input_shape=None):
+        w = operands["weight"]
+        return matrix_affine(w, None, input_shape, int(w.shape[0]), "matmul")
+
 
 register_rule(LinearRule())
 register_rule(AddmmRule())
 register_rule(MatmulRule())
+
+
+# ------------------------------------------------------------------ nn.Linear as a module
+
+
+def linear_create_matrix(module: nn.Linear, in_shape: Shape, out_shape: Shape) -> Tensor:
+    """Dense ``(in_features, out_features)`` connectivity matrix of ``nn.Linear``: ``weight.T``.
+
+    >>> m = torch.nn.Linear(3, 2)
+    >>> tuple(linear_create_matrix(m, (1, 3), (1, 2)).shape)
+    (3, 2)
+    """
+    weight = effective(module).detach()
+    if in_shape[-1] != weight.shape[1] or out_shape[-1] != weight.shape[0]:
+        raise ValueError(
+            f"shapes {in_shape} -> {out_shape} do not match Linear{tuple(weight.shape[::-1])}"
+        )
+    return weight.t().clone()
+
+
+def _linear_module_graph(module, in_shape, out_shape, device, dtype) -> MatrixGraph:
+    weight = effective(module)
+    if in_shape[-1] != weight.shape[1] or out_shape[-1] != weight.shape[0]:
+        raise ValueError(
+            f"shapes {in_shape} -> {out_shape} do not match "
+            f"Linear({weight.shape[1]}, {weight.shape[0]})"
+        )
+    return MatrixGraph(weight, "out_in", device, dtype)
+
+
+def _linear_module_affine(layer, input_shape):
+    w = effective(layer)
+    return matrix_affine(w.t(), layer.bias, input_shape, int(w.shape[1]), "Linear")
+
+
+def _linear_module_positions(module, in_shape) -> int:
+    return numel(in_shape[1:-1]) if len(in_shape) >= 2 else 1
+
+
+register_module(nn.Linear, graph=_linear_module_graph, dense=linear_create_matrix,
+                affine=_linear_module_affine, positions=_linear_module_positions)
