@@ -255,6 +255,15 @@ def _unread(model: nn.Module, scanned) -> list[str]:
     return out
 
 
+def _in_module_order(model: nn.Module, entries: list[str]) -> list[str]:
+    """``entries`` (``"name (Type...)"``) sorted by where their module is registered."""
+    order = {}
+    for i, (name, _) in enumerate(model.named_modules(remove_duplicate=False)):
+        order.setdefault(_label(name), i)
+    return sorted(entries, key=lambda e: order.get(e.split(" (", 1)[0].split(":", 1)[0],
+                                                   len(order)))
+
+
 def static_skipped(model: nn.Module) -> list[str]:
     """Without a forward pass: modules owning parameters that no module rule covers (neither
     their own type's nor an enclosing module's) and that are not of a passed-over kind."""
@@ -415,6 +424,7 @@ def _from_plan(model: nn.Module, input: Any, scanned, found: Found) -> None:
         found.order.append(("op", len(found.ops)))
         found.ops.append(item)
     found.skipped += [s for s in skipped if s not in found.skipped]
+    found.skipped = _in_module_order(model, found.skipped)
     if any(kind == "derived" for op in found.ops for kind, _ in op.operands.values()):
         # keep only the examples the replay runs (the discovery's first probe examples)
         from foresight.layers.discover import PROBE_BATCH, _index_batch, batch_inputs

@@ -156,7 +156,8 @@ def collect_representations(
     (mode, hooks, buffers, grads). Layers whose output is not a tensor are skipped with a
     warning; a layer called more than once per forward pass raises :class:`ValueError`.
     """
-    names = _resolve_layers(model, layers, inputs)
+    with full_weights(model):  # the scan that orders the default layers runs the model too
+        names = _resolve_layers(model, layers, inputs)
     user_named = layers is not None
     want_output = OUTPUT in names if user_named else True
     hooked = [n for n in names if n != OUTPUT]
