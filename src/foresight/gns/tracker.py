@@ -203,6 +203,7 @@ class GradientNoiseScale:
         self._plan_error: str | None = None
         self._active: Capture | None = None
         self._pe_now: set[int] = set()  # parameters measured per example in this step
+        self._unmeasured: NoiseScale | None = None  # estimate() between two measured steps
         self._warned: set[str] = set()
         self._coverage: dict[str, str] = {}
         self._calls = 0  # step() calls so far
@@ -243,11 +244,16 @@ class GradientNoiseScale:
 
     def _install(self) -> None:
         root = self.module
+        # The micro-batch estimator works on compiled models: its forward hooks must then run
+        # eagerly at every call (outside the compiled graph). The per-example path refuses
+        # compiled models (its hooks, traced once, only record that), so it skips the wrapper's
+        # cost.
+        wrap = _eager if not self.per_example else (lambda fn: fn)
         self._handles.append(
-            root.register_forward_pre_hook(_eager(self._pre_forward), with_kwargs=True)
+            root.register_forward_pre_hook(wrap(self._pre_forward), with_kwargs=True)
         )
         self._handles.append(
-            root.register_forward_hook(_eager(self._post_forward), always_call=True)
+            root.register_forward_hook(wrap(self._post_forward), always_call=True)
         )
         self._hook_params()
 
@@ -425,9 +431,10 @@ class GradientNoiseScale:
         measured = self._measuring
         self._calls += 1
         self._measuring = self._calls % self.every == 0
-        if not measured:
-            self._release_step()
-            return self.estimate(batch_size=self._last_batch)
+        if not measured:  # nothing was recorded: the smoothed estimate so far
+            if self._unmeasured is None:
+                self._unmeasured = self.estimate(batch_size=self._last_batch)
+            return self._unmeasured
         if self.compiled and self.per_example:
             self._release_step()
             raise RuntimeError(
@@ -437,6 +444,7 @@ class GradientNoiseScale:
                 "needs >= 2 micro-batches per step via gradient accumulation, or DDP), or measure "
                 "on the uncompiled model."
             )
+        self._unmeasured = None
         try:
             raw = self._raw_estimate(float(loss_scale))
         finally:

@@ -51,16 +51,19 @@ from foresight.layers.registry import Rule, register_rule
 from foresight.layers.rules._common import is_batched, is_tracked, pos
 
 __all__ = [
-    "ConvRule", "ConvWeight", "CONV_CHUNK_ELEMENTS", "ConvGraph", "ConvTransposeGraph",
-    "conv_create_matrix", "conv_transpose_create_matrix", "conv_apply", "compact_rows",
-    "padding_pairs",
+    "ConvRule", "ConvWeight", "CONV_CHUNK", "CONV_CHUNK_ELEMENTS", "ConvGraph",
+    "ConvTransposeGraph", "conv_create_matrix", "conv_transpose_create_matrix", "conv_apply",
+    "compact_rows", "padding_pairs",
 ]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
-#: Largest number of weight entries (examples x weight size) formed at once by one call.
-CONV_CHUNK_ELEMENTS = 1 << 23
+#: Examples whose weight gradients one call forms (on the reference CPU, chunks of 4 to 16 beat
+#: the whole batch by 10 %: the per-call work stays in cache) ...
+CONV_CHUNK = 16
+#: ... and at most this many weight entries (examples x weight size) at once.
+CONV_CHUNK_ELEMENTS = 1 << 22
 
 
 def _tuple(v, nd: int) -> tuple[int, ...]:
@@ -104,7 +107,7 @@ class ConvWeight:
         size = 1
         for s in self.shape:
             size *= s
-        step = max(1, min(n, CONV_CHUNK_ELEMENTS // max(1, size)))
+        step = max(1, min(n, CONV_CHUNK, CONV_CHUNK_ELEMENTS // max(1, size)))
         nd = len(self.shape) - 2
         for i in range(0, n, step):
             x, g = self.x[i : i + step], self.g[i : i + step]
