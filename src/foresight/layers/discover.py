@@ -196,11 +196,14 @@ class _Call:
 class _Recorder(TorchFunctionMode):
     """Records every torch-function call that returns a tensor."""
 
-    def __init__(self, params: dict[int, str], keep: str, reference: list[_Call] | None) -> None:
+    def __init__(self, params: dict[int, str], keep: str, reference: list[_Call] | None,
+                 smaller: list[_Call] | None = None) -> None:
         super().__init__()
         self.params = params
         self.keep = keep  # "values" (run A), "shapes" (run C), "diff" (run B)
         self.reference = reference
+        self.smaller = smaller  # run C: which dimension of each tensor carries the batch
+        self._compared: dict[int, Tensor | None] = {}  # tensor id -> its change vector
         self.calls: list[_Call] = []
         self.alive: list[Tensor] = []
         self.stack: list[int] = []
@@ -254,29 +257,48 @@ class _Recorder(TorchFunctionMode):
         return t.detach().clone()
 
     def _diff(self, call: _Call) -> None:
-        """Compare with the same call of the reference run; keep masks of changed entries."""
+        """Compare with the same call of the reference run: for each batched tensor (its batch
+        dimension read off the smaller run), which entries along that dimension changed."""
         index = len(self.calls)
         if self.reference is None or index >= len(self.reference):
             return
         ref = self.reference[index]
-        pairs = [(call.args.get(i), ref.args.get(i)) for i in call.args]
-        pairs += list(zip(call.outs, ref.outs))
-        for mine, theirs in pairs:
-            if mine is None or theirs is None or mine.value is None or theirs.value is None:
+        small = self.smaller[index] if self.smaller is not None and index < len(self.smaller) \
+            else None
+        pairs = [(call.args.get(i), ref.args.get(i), small.args.get(i) if small else None)
+                 for i in call.args]
+        pairs += [(o, r, small.outs[j] if small and j < len(small.outs) else None)
+                  for j, (o, r) in enumerate(zip(call.outs, ref.outs))]
+        for mine, theirs, smaller in pairs:
+            if mine is None or theirs is None or theirs.value is None:
                 continue
-            if mine.value.shape != theirs.value.shape:
+            if mine.tid in self._compared and mine.value is not None:  # seen earlier, unchanged
+                mine.value = None
+                mine.changed = self._compared[mine.tid]
                 continue
-            mine.changed = _changed(mine.value, theirs.value)
-            mine.value = None
+            if mine.value is None:
+                continue
+            value, mine.value = mine.value, None
+            if value.shape != theirs.value.shape or smaller is None:
+                continue
+            dims = [d for d, (x, y) in enumerate(zip(value.shape, smaller.shape)) if x != y]
+            if len(dims) != 1 or value.dim() != len(smaller.shape):
+                continue  # no batch dimension (or one detect() will refuse anyway)
+            d = dims[0]
+            mine.changed = _changed(value, theirs.value).movedim(d, 0).reshape(
+                value.shape[d], -1).any(1)
+            if not is_inplace(call.func):  # an in-place call's output is its (new) first input
+                self._compared[mine.tid] = mine.changed
 
 
 def _changed(a: Tensor, b: Tensor) -> Tensor:
-    if a.is_floating_point() or a.is_complex():
-        a64, b64 = a.detach().double(), b.detach().double()
-        both_nan = torch.isnan(a64) & torch.isnan(b64)
-        tol = 1e-6 * torch.maximum(a64.abs(), b64.abs()) + 1e-300
-        return ((a64 - b64).abs() > tol) & ~both_nan | (torch.isnan(a64) ^ torch.isnan(b64))
-    return a != b
+    """Entries that differ beyond float noise (relative 1e-6; NaN equals NaN), in the tensors'
+    own precision."""
+    a, b = a.detach(), b.detach()
+    if not (a.is_floating_point() or a.is_complex()):
+        return a != b
+    # not exact: kernels may round another example's entries differently (T5's attention does)
+    return ~torch.isclose(a, b, rtol=1e-6, atol=0.0, equal_nan=True)
 
 
 @contextlib.contextmanager
@@ -322,8 +344,9 @@ def _run(
     reference: list[_Call] | None,
     seed: int,
     grad: bool,
+    smaller: list[_Call] | None = None,
 ) -> tuple[_Recorder, Any]:
-    recorder = _Recorder(params, keep, reference)
+    recorder = _Recorder(params, keep, reference, smaller)
     devices = sorted(
         {p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None}
     )
@@ -439,7 +462,8 @@ def discover(
         roots = [t for t in _leaves(_plain(out_a)) if isinstance(t, Tensor) and t.requires_grad]
         reachable = _reachable_params(roots, by_id)
         run_c, _ = _run(model, in_c, kw_c, by_id, "shapes", None, seed, False)
-        run_b, _ = _run(model, in_b, kw_b, by_id, "diff", run_a.calls, seed, False)
+        run_b, _ = _run(model, in_b, kw_b, by_id, "diff", run_a.calls, seed, False,
+                        smaller=run_c.calls)
         plan = _analyse(run_a.calls, run_b.calls, run_c.calls, b_a, b_c, names, trainable,
                         reachable, by_id, run_a.alive, match)
         plan.units = _units(run_a.modcalls, run_c.modcalls, plan, names, b_a, b_c)
@@ -469,10 +493,9 @@ def _coupling(seen_b: _Seen | None, layout: Layout, b_a: int) -> bool:
     """Whether entries of examples other than example 0 changed (the examples are coupled)."""
     if seen_b is None or seen_b.changed is None:
         return False
-    ch = seen_b.changed
-    n = ch.shape[layout.dim]
+    along = seen_b.changed  # changed entries along the batch dimension
+    n = along.shape[0]
     k = n // b_a
-    along = ch.movedim(layout.dim, 0).reshape(n, -1).any(1)
     owner = torch.arange(n) // k if layout.order == "major" else torch.arange(n) % b_a
     return bool(along[owner.to(along.device) != 0].any())
 

@@ -106,8 +106,9 @@ def detect(
 ) -> Layout | None | str:
     """The layout of a tensor seen with ``b_a`` examples (``shape_a``) and ``b_c`` (``shape_c``).
 
-    ``changed`` (bool, ``shape_a``) marks the entries that changed when only example 0 of the
-    ``b_a``-example batch was perturbed (``None`` if not known). Returns a :class:`Layout`,
+    ``changed`` (bool, ``shape_a``, or already reduced to the entries along the batch dimension)
+    marks the entries that changed when only example 0 of the ``b_a``-example batch was perturbed
+    (``None`` if not known). Returns a :class:`Layout`,
     ``None`` for a tensor without a batch dimension, or a string saying why it cannot be told.
     """
     if len(shape_a) != len(shape_c):
@@ -128,7 +129,9 @@ def detect(
         return Layout(d, "major")
     if changed is None:
         return f"its dimension {d} merges the batch with another dimension of size {k}"
-    along = changed.movedim(d, 0).reshape(shape_a[d], -1).any(1).nonzero().flatten()
+    if changed.dim() != 1 or changed.shape[0] != shape_a[d]:  # a full mask: reduce it
+        changed = changed.movedim(d, 0).reshape(shape_a[d], -1).any(1)
+    along = changed.nonzero().flatten()
     if along.numel() == 0:
         return (
             f"its dimension {d} merges the batch with another dimension of size {k}, and no entry "
