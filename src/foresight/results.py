@@ -104,8 +104,7 @@ _CAUSAL = (*CAUSAL_RECORD_KEYS.values(), *CAUSAL_CONVERGED_KEYS.values())
 #: Metric -> the fields its results record, in order: what each measures, with its standard
 #: errors and flags (settings -- bins, ranges, sample counts, methods -- stay in ``to_dict()``).
 #: A field is the attribute of that name unless this module defines it (the causal keys, the
-#: information plane's flag). When two metrics share a field name (``ei``, ``b_simple``), the
-#: first here is the one :func:`metric_of` names.
+#: information plane's flag).
 SCHEMA: Mapping[str, Fields] = types.MappingProxyType({
     "ei": Fields(model=("ei", "determinism", "degeneracy"),
                  layer=("ei", "determinism", "degeneracy", "effectiveness")),
@@ -123,15 +122,19 @@ SCHEMA: Mapping[str, Fields] = types.MappingProxyType({
 })
 
 
+#: The metrics a :class:`~foresight.Monitor` records (whose fields :func:`metric_of` knows).
+TRACKED = ("ei", "gns", "ib", "causal")
+
+
 def metric_of(field: str) -> str:
-    """The metric whose results record ``field`` (``""`` for a field of none: a loss, a user's
-    metric).
+    """The metric of the Monitor's (:data:`TRACKED`) whose results record ``field``, or ``""``
+    (a loss, a user's metric, a field only a one-off result has).
 
     >>> metric_of("i_xt"), metric_of("causal_ei"), metric_of("train_loss")
     ('ib', 'causal', '')
     """
-    for metric, fields in SCHEMA.items():
-        if field in fields.model or field in fields.layer:
+    for metric in TRACKED:
+        if field in SCHEMA[metric].model or field in SCHEMA[metric].layer:
             return metric
     return ""
 
