@@ -177,7 +177,8 @@ def test_trackers_are_shells_with_one_history_type_and_one_schedule_name():
 
 def test_tracker_base_and_its_errors():
     net = nn.Linear(2, 1)
-    t = Tracker(net, Function(lambda m: float(m.weight.detach().sum()), name="w"), every(3), key="step")
+    weight = Function(lambda m: float(m.weight.detach().sum()), name="w")
+    t = Tracker(net, weight, every(3), key="step")
     t.update(0, note="text")
     t.update(1)
     t.measure(4)

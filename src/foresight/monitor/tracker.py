@@ -11,7 +11,8 @@ reads ``monitor.history`` reads ``tracker.history`` too.
 >>> from foresight.monitor import Function
 >>> from foresight.schedule import every
 >>> net = torch.nn.Linear(3, 2)
->>> tracker = Tracker(net, Function(lambda m: float(m.weight.norm()), name="w"), every(2))
+>>> norm = Function(lambda m: float(m.weight.detach().norm()), name="w")
+>>> tracker = Tracker(net, norm, every(2))
 >>> [tracker.update(epoch, loss=1.0) is not None for epoch in range(4)]
 [True, False, True, False]
 >>> [sorted(r) for r in tracker.history][0]
