@@ -203,6 +203,16 @@ def test_layer_noise_scale_rows_behave_like_the_old_dicts_with_a_warning(layered
     old = NoiseScale.from_parts(2.0, 50.0, 32, layers=[dict(row.to_dict())])
     assert old.layers == [row]
     assert json.loads(json.dumps(est.to_dict()))["layers"][0]["name"] == row.name
+    pd = pytest.importorskip("pandas")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a row is a dataclass to pandas, not a dict to iterate
+        frame = pd.DataFrame(est.layers)
+    assert list(frame.columns) == list(row.to_dict()) and list(frame["name"]) == est.to_dataframe()[
+        "name"].tolist()
+    # parameter groups named by the user (an optimizer's group index): found by that name
+    grouped = NoiseScale.from_parts(2.0, 50.0, 32, layers=[{**row.to_dict(), "name": 1}])
+    assert grouped.row(1) is grouped.layers[0] and 1 in grouped
+    assert grouped.to_records()[-1].layer == "1"  # a record's layer is a str, as in its key
 
 
 def test_tracker_estimates_have_rows_too():
@@ -273,6 +283,8 @@ def test_record_keys_and_tidy_forms():
     assert tidy(pd.DataFrame(tidy_dicts)) == tidy(flat)
     assert wide(pd.DataFrame(tidy_dicts)) == [{"step": 3, "epoch": 1, "i_xt/1": 2.0,
                                                 "i_ty/1": 0.5, "loss": 0.25}]
+    assert tidy(flat[0]) == tidy(flat)  # one flat record, as monitor.step() returns it
+    assert tidy({"epoch": [0, 1], "ei": [1.0, 2.0]})[1] == Record("ei", None, "ei", 2.0, None, 1)
     with pytest.raises(TypeError, match="history"):
         tidy(3.0)
 

@@ -55,6 +55,7 @@ __all__ = [
     "CAUSAL_CONVERGED_KEYS",
     "I_XT_LIMITED",
     "INDEX_KEYS",
+    "TRACKED",
     "DictAccess",
     "flatten",
     "unflatten",
@@ -239,8 +240,10 @@ def _is_value(value: Any) -> bool:
 def _mappings(history: Any) -> list[Mapping[str, Any]]:
     if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas.DataFrame
         return history.to_dict("records")
-    if isinstance(history, Mapping):  # a dict of columns
-        keys = list(history)
+    if isinstance(history, Mapping):
+        if not all(isinstance(v, Sequence) and not isinstance(v, str) for v in history.values()):
+            return [history]  # one flat record (what monitor.step() returns)
+        keys = list(history)  # a dict of columns
         n = max((len(v) for v in history.values()), default=0)
         return [{k: history[k][i] for k in keys if i < len(history[k])} for i in range(n)]
     if not isinstance(history, Iterable) or isinstance(history, (str, bytes)):
@@ -266,8 +269,8 @@ def tidy(history: Any) -> list[Record]:
     dicts of columns holding flat records (``{"epoch": 3, "i_xt/fc1": 2.5, ...}``: each key is
     read by :meth:`Record.from_key`), tidy records (``metric``, ``layer``, ``field``, ``value``
     columns) or per-layer rows (a ``layer`` column beside value columns: ``{"epoch": 3,
-    "layer": "fc1", "i_xt": 2.5}``). Non-numeric values (strings, ``None``) are left out; NaN
-    is kept.
+    "layer": "fc1", "i_xt": 2.5}``), or one flat record (a ``dict`` of scalars). Non-numeric
+    values (strings, ``None``) are left out; NaN is kept.
 
     >>> [r.key for r in tidy([{"step": 0, "epoch": 0, "ei": 1.0, "loss": 0.5}])]
     ['ei', 'loss']
@@ -399,8 +402,8 @@ class Row(Result):
         return SCHEMA[self.metric].layer if self.metric in SCHEMA else ()
 
     def to_records(self) -> list[Record]:
-        """This layer's values as tidy records (``layer`` is the row's ``name``)."""
-        return self._own_records(self.name)
+        """This layer's values as tidy records (``layer`` is the row's ``name``, as a str)."""
+        return self._own_records(str(self.name))
 
 
 class Rows(Result):
@@ -419,14 +422,14 @@ class Rows(Result):
 
     def row(self, name: str) -> Any:
         """The row of the layer called ``name``."""
-        if not isinstance(name, str):
+        for r in self.layers:
+            if r.name == name:
+                return r
+        if isinstance(name, int):
             raise TypeError(
                 f"rows are looked up by layer name (a str), got {name!r}: result.row('0'), or "
                 "result.layers[i] by position"
             )
-        for r in self.layers:
-            if r.name == name:
-                return r
         raise KeyError(f"no layer {name!r}; layers: {[r.name for r in self.layers]}")
 
     def __getitem__(self, name: str) -> Any:
@@ -436,7 +439,7 @@ class Rows(Result):
         return iter(self.layers)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(r.name == name for r in self.layers)
+        return any(r.name == name for r in self.layers)
 
     def to_records(self) -> list[Record]:
         """The whole-model values, then every row's, as tidy records."""
@@ -449,7 +452,8 @@ class Rows(Result):
 class DictAccess:
     """Mixin for rows that were ``dict`` objects in foresight 0.2: ``row["b_simple"]``, ``row.get``,
     ``row.keys()``, ``row.items()``, ``"b_simple" in row`` and ``dict(row)`` keep working for one
-    release, with a :class:`DeprecationWarning` (use the attributes: ``row.b_simple``)."""
+    release, with a :class:`DeprecationWarning` (use the attributes: ``row.b_simple``). A row is
+    not iterable (so ``pandas.DataFrame(rows)`` reads it as the dataclass it is)."""
 
     def _deprecated(self, how: str) -> None:
         warnings.warn(
@@ -492,7 +496,3 @@ class DictAccess:
     def __contains__(self, key: object) -> bool:
         self._deprecated("'key' in row")
         return key in self._keys()
-
-    def __iter__(self) -> Iterator[str]:
-        self._deprecated("iterating")
-        return iter(self._keys())

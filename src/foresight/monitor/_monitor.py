@@ -12,7 +12,7 @@ from torch import nn
 
 from foresight import distributed
 from foresight._guard import preserved
-from foresight.monitor.metrics import Context, as_metric, collect, needs_of
+from foresight.monitor.metrics import Context, Metric, as_metric, collect, needs_of
 from foresight.monitor.sinks import FlatRecord, History, Sink
 from foresight.results import flatten
 from foresight.schedule import Schedule, every
@@ -219,12 +219,15 @@ class Monitor:
     def _due(self, unit: str, index: int) -> list[Any] | None:
         """The metrics to measure at this ``step()``/``epoch_end()`` call, or ``None`` for no
         measurement: a metric is due when its schedule (its own, else the Monitor's) fires on
-        its unit's counter (its own, else the Monitor's). A Monitor without metrics measures
-        (records the values) when its schedule fires."""
+        its unit's counter (its own, else the Monitor's); a 0.2 adapter (not a
+        :class:`~foresight.monitor.metrics.Metric`) follows the Monitor's. A Monitor without
+        metrics measures (records the values) when its schedule fires."""
         due = []
         for m in self.metrics:
-            schedule = getattr(m, "schedule", None) or self.schedule
-            if (getattr(m, "unit", None) or self.unit) == unit and schedule(index):
+            own = isinstance(m, Metric)  # a 0.2 adapter's attributes are its own business
+            schedule = m.schedule if own and m.schedule is not None else self.schedule
+            m_unit = m.unit if own and m.unit is not None else self.unit
+            if m_unit == unit and schedule(index):
                 due.append(m)
         if due or (not self.metrics and self.unit == unit and self.schedule(index)):
             return due
