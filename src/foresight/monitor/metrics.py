@@ -97,6 +97,10 @@ class Metric:
 
     #: The metric's name: its records' ``metric``, unique in a Monitor.
     name: str = ""
+    #: When it runs (``None``: the Monitor's schedule); set by ``__init__``.
+    schedule: Schedule | None = None
+    #: Which counter ``schedule`` reads, ``"step"`` or ``"epoch"`` (``None``: the Monitor's).
+    unit: str | None = None
     #: What it needs besides the model (a subset of :data:`NEEDS`).
     needs: frozenset[str] = frozenset()
     #: The fields of its result's records it keeps for a whole-model value and a layer's.
@@ -110,9 +114,7 @@ class Metric:
         if unit is not None and unit not in _UNITS:
             raise ValueError(f"{type(self).__name__}: unit must be 'step', 'epoch' or None, "
                              f"got {unit!r}")
-        #: When it runs (``None``: the Monitor's schedule).
         self.schedule = schedule
-        #: Which counter ``schedule`` reads (``None``: the Monitor's unit).
         self.unit = unit
 
     def attach(self, model: nn.Module, wrapper: nn.Module | None = None) -> None:
