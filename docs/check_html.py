@@ -22,6 +22,7 @@ from collections.abc import Iterable
 #: The modules whose ``__all__`` is the public API (every name must be documented).
 PUBLIC_MODULES = (
     "foresight",
+    "foresight.results",
     "foresight.ei",
     "foresight.ei.graph",
     "foresight.gns",

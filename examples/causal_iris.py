@@ -69,7 +69,7 @@ def run(
             }
 
     for epoch in range(epochs + 1):
-        tracker.step(epoch, **losses())
+        tracker.update(epoch, **losses())
         if epoch == epochs:
             break
         perm = torch.randperm(len(x_train), generator=gen)

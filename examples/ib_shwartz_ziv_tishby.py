@@ -94,8 +94,9 @@ def train_and_track(
         with torch.no_grad():
             run.accuracy.append(float((net(x[n_train:]).argmax(1) == y[n_train:]).float().mean()))
         for label, tracker in trackers.items():
-            for r in tracker.history:
-                sums[label][(r.epoch, r.layer)].append((r.i_xt, r.i_ty))
+            for epoch, plane in tracker.planes.items():
+                for layer in plane:
+                    sums[label][(epoch, layer.name)].append((layer.i_xt, layer.i_ty))
     for label, table in sums.items():
         run.history[label] = [
             {

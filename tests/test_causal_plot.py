@@ -31,7 +31,7 @@ def test_tracker_records_match_report_and_leave_training_rng_alone() -> None:
     net = tiny_net()
     tracker = fc.CausalTracker(net, at(0, 2), bins=8, samples=400, seed=3)
     torch.manual_seed(123)
-    out = [tracker.step(s, loss=float(s)) for s in range(3)]
+    out = [tracker.update(s, loss=float(s)) for s in range(3)]
     after = torch.rand(1)
     torch.manual_seed(123)
     assert torch.equal(after, torch.rand(1))  # the tracker drew nothing from the global RNG
@@ -44,6 +44,24 @@ def test_tracker_records_match_report_and_leave_training_rng_alone() -> None:
     for key in fc.CONVERGED_KEYS.values():
         assert all(isinstance(expected[f"{key}/{n}"], bool) for n in ("0", "2"))
     assert tracker.reports[0][0] == 0 and tracker.history[1]["loss"] == 2.0
+    assert out[0] is tracker.reports[0][1]  # update() returns the report
+
+
+def test_tracker_deprecated_when_and_step() -> None:
+    net = tiny_net()
+    with pytest.warns(DeprecationWarning, match="schedule"):
+        old = fc.CausalTracker(net, when=at(1), bins=8, samples=400, seed=3)
+    new = fc.CausalTracker(net, schedule=at(1), bins=8, samples=400, seed=3)
+    with pytest.warns(DeprecationWarning, match="update"):
+        assert old.step(0) is None
+    with pytest.warns(DeprecationWarning, match="update"):
+        record = old.step(1, loss=0.5)  # 0.2: step() returned the record
+    new.update(1, loss=0.5)
+    assert record == old.history[-1] == new.history[-1]
+    with pytest.warns(DeprecationWarning, match="schedule"):
+        assert old.when is old.schedule
+    with pytest.raises(TypeError, match="not both"), pytest.warns(DeprecationWarning):
+        fc.CausalTracker(net, at(1), when=at(1))
 
 
 def test_tracker_bad_arguments() -> None:
@@ -56,7 +74,7 @@ def test_tracker_bad_arguments() -> None:
 def history() -> list[dict]:
     tracker = fc.CausalTracker(tiny_net(), every(1), bins=8, samples=300)
     for s in range(3):
-        tracker.step(s)
+        tracker.update(s)
     return tracker.history
 
 

@@ -83,9 +83,9 @@ def test_noise_scale_layers_sum_to_total_and_batch_of_one_raises():
     before = snapshot(model)
     est = noise_scale(model, half_mse, x, y)
     assert_unchanged(model, before)
-    assert [lay["name"] for lay in est.layers] == ["0", "2"]
-    assert sum(lay["trace_sigma"] for lay in est.layers) == pytest.approx(est.trace_sigma)
-    assert sum(lay["grad_sq_norm"] for lay in est.layers) == pytest.approx(est.grad_sq_norm)
+    assert [lay.name for lay in est.layers] == ["0", "2"]
+    assert sum(lay.trace_sigma for lay in est.layers) == pytest.approx(est.trace_sigma)
+    assert sum(lay.grad_sq_norm for lay in est.layers) == pytest.approx(est.grad_sq_norm)
     # same as two_batch with b = 1 on the per-example norms
     n = per_example_sq_norms(model, half_mse, x, y)
     gb = torch.autograd.grad(half_mse(model(x), y), list(model.parameters()))

@@ -44,9 +44,9 @@ def test_one_step_equals_noise_scale_per_layer():
     assert close(ref.trace_sigma, est.trace_sigma)
     assert close(ref.grad_sq_norm, est.grad_sq_norm)
     assert est.batch_size == 32
-    by_name = {lay["name"]: lay for lay in est.layers}
+    by_name = {lay.name: lay for lay in est.layers}
     for lay in ref.layers:
-        assert close(lay["trace_sigma"], by_name[lay["name"]]["trace_sigma"])
+        assert close(lay.trace_sigma, by_name[lay.name].trace_sigma)
 
 
 @pytest.mark.parametrize("per_example", [True, False])
@@ -241,13 +241,13 @@ def test_invisible_parameters_use_micro_batches_or_warn():
     with GradientNoiseScale(model, beta=0.0) as gns, pytest.warns(UserWarning, match="'1'"):
         mse(model(x), y).backward()
         est = gns.step()
-    assert [lay["name"] for lay in est.layers] == ["0", "2"]
+    assert [lay.name for lay in est.layers] == ["0", "2"]
     model.zero_grad()
     with GradientNoiseScale(model, beta=0.0) as gns:
         for k in range(2):
             (mse(model(x[8 * k : 8 * k + 8]), y[8 * k : 8 * k + 8]) / 2).backward()
         est = gns.step()
-    assert [lay["name"] for lay in est.layers] == ["0", "1", "2"]
+    assert [lay.name for lay in est.layers] == ["0", "1", "2"]
     params = [model[1].s]
     small = (
         sum(
@@ -264,7 +264,7 @@ def test_invisible_parameters_use_micro_batches_or_warn():
     )
     big = float(torch.autograd.grad(mse(model(x), y), params)[0].square().sum())
     ref = two_batch(small, big, 8, 16)
-    assert close(ref.trace_sigma, est.layers[1]["trace_sigma"])
+    assert close(ref.trace_sigma, est.layers[1].trace_sigma)
 
 
 def test_tied_weights_go_through_micro_batches():
@@ -315,7 +315,7 @@ def test_parameter_groups_from_optimizer():
     with GradientNoiseScale(model, groups=groups, beta=0.0) as gns:
         mse(model(x), y).backward()
         est = gns.step()
-    assert [lay["name"] for lay in est.layers] == ["group0", "group1"]
+    assert [lay.name for lay in est.layers] == ["group0", "group1"]
     ref = noise_scale(model, mse, x, y)
     assert close(ref.trace_sigma, est.trace_sigma)
 

@@ -100,10 +100,10 @@ def test_a_layer_frozen_mid_training_leaves_the_totals():
     x, y = batch()
     with GradientNoiseScale(model, beta=0.0) as gns:
         est = one_step(gns, model, x, y)
-        assert [lay["name"] for lay in est.layers] == ["0", "2", "4"]
+        assert [lay.name for lay in est.layers] == ["0", "2", "4"]
         model[2].requires_grad_(False)
         est = one_step(gns, model, x, y)
-        assert [lay["name"] for lay in est.layers] == ["0", "4"]
+        assert [lay.name for lay in est.layers] == ["0", "4"]
         assert "2.weight" not in gns.coverage()
     ref = noise_scale(model, F.mse_loss, x, y)
     assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-10)
@@ -115,10 +115,10 @@ def test_a_parameter_unfrozen_later_is_counted():
     x, y = batch()
     with GradientNoiseScale(model, beta=0.0) as gns:
         est = one_step(gns, model, x, y)
-        assert [lay["name"] for lay in est.layers] == ["2", "4"]
+        assert [lay.name for lay in est.layers] == ["2", "4"]
         model[0].requires_grad_(True)
         est = one_step(gns, model, x, y)
-        assert [lay["name"] for lay in est.layers] == ["0", "2", "4"]
+        assert [lay.name for lay in est.layers] == ["0", "2", "4"]
         assert gns.coverage()["0.weight"] == "per-example"
     ref = noise_scale(model, F.mse_loss, x, y)
     assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-10)
@@ -145,11 +145,11 @@ def test_a_parameter_first_used_at_step_two_is_counted():
         F.mse_loss(model(x), y).backward()
         est = gns.step()
         model.zero_grad()
-        assert "extra" not in [lay["name"] for lay in est.layers]
+        assert "extra" not in [lay.name for lay in est.layers]
         F.mse_loss(model(x, use_extra=True), y).backward()
         est = gns.step()
         model.zero_grad()
-    assert [lay["name"] for lay in est.layers] == ["a", "extra", "out"]
+    assert [lay.name for lay in est.layers] == ["a", "extra", "out"]
     ref = noise_scale(lambda_module(model), F.mse_loss, x, y)
     assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-10)
 
@@ -196,7 +196,7 @@ def test_a_forward_pass_that_leaves_its_plan_is_not_measured_then_replanned():
         assert gns.coverage()["extra.weight"].startswith("excluded")
         est = one_step(gns, model, x2, y)
     assert gns.coverage()["extra.weight"] == "per-example"
-    assert [lay["name"] for lay in est.layers] == ["a", "extra"]
+    assert [lay.name for lay in est.layers] == ["a", "extra"]
 
 
 class Flaky(nn.Module):

@@ -66,7 +66,7 @@ def test_noise_scale_jackknife_equals_reference(n, chunks):
         ref = b * math.sqrt(var[1] / tr**2 + var[0] / g2**2 - 2 * cov / (tr * g2))
         assert est.b_simple_se == pytest.approx(ref, rel=1e-6)
     # one layer: the per-layer entry carries the same standard errors
-    assert est.layers[0]["grad_sq_norm_se"] == pytest.approx(est.grad_sq_norm_se, rel=1e-12)
+    assert est.layers[0].grad_sq_norm_se == pytest.approx(est.grad_sq_norm_se, rel=1e-12)
 
 
 def test_noise_scale_standard_error_is_calibrated():
@@ -115,7 +115,7 @@ def test_tracker_standard_error_equals_weighted_reference():
     if est.resolved:
         assert est.b_simple_se == pytest.approx(ref["b_simple_se"], rel=1e-6)
     # one layer: the group's standard error is the total's
-    assert est.layers[0]["grad_sq_norm_se"] == pytest.approx(est.grad_sq_norm_se, rel=1e-9)
+    assert est.layers[0].grad_sq_norm_se == pytest.approx(est.grad_sq_norm_se, rel=1e-9)
 
 
 def test_tracker_standard_error_is_calibrated():

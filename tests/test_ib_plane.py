@@ -195,12 +195,21 @@ def test_tracker_follows_schedule_and_records():
     results = [tracker.update(e) for e in range(5)]
     assert [r is not None for r in results] == [True, False, False, True, False]
     assert sorted(tracker.planes) == [0, 3]
-    assert len(tracker.history) == 2 * 6
+    # one flat record per measurement, the Monitor's keys (the same history type as every tracker)
+    assert [r["epoch"] for r in tracker.history] == [0, 3]
+    names = [la.name for la in tracker.planes[0].layers]
+    assert len(names) == 6
     rec = tracker.history[0]
-    assert (rec.epoch, rec.layer) == (0, "1")
-    assert rec.i_xt == tracker.planes[0].layers[0].i_xt
+    assert list(rec) == ["epoch"] + [f"{k}/{n}" for n in names
+                                     for k in ("i_xt", "i_ty", "i_xt_limited")]
+    assert rec["i_xt/1"] == tracker.planes[0].row("1").i_xt == results[0].layers[0].i_xt
+    with pytest.raises(AttributeError, match="one flat record"):
+        rec.layer  # noqa: B018 - the 0.2 per-layer row says what to read instead
     frame = tracker.to_dataframe()
-    assert list(frame.columns) == ["epoch", "layer", "i_xt", "i_ty", "h_t", "n_states"]
+    assert list(frame.columns) == list(rec) and list(frame["epoch"]) == [0, 3]
+    tidy = tracker.to_records()  # per layer and field, with the epoch
+    assert [(r.epoch, r.layer, r.field) for r in tidy[:2]] == [(0, "1", "i_xt"), (0, "1", "i_ty")]
+    assert {r.metric for r in tidy} == {"ib"} and len(tidy) == 2 * 6 * 3
     default = InformationPlaneTracker(net, x, y)
     assert [e for e in range(200) if default.schedule(e)][:12] == list(range(11)) + [11]
     with pytest.raises(ValueError, match="supports method"):

@@ -44,7 +44,8 @@ import foresight
 from foresight._optional import require
 from foresight._progress import progress
 from foresight.monitor import EI, CausalEI, GradientNoise, InformationPlane, Monitor
-from foresight.monitor.sinks import CSVSink
+from foresight.monitor.sinks import CSVSink, History
+from foresight.results import CAUSAL_RECORD_KEYS, Record, Result, tidy
 from foresight.schedule import log_spaced, never
 
 HIDDEN_PREFIX = "hidden_"
@@ -71,8 +72,8 @@ class DemoConfig:
 
 
 @dataclass
-class DemoResult:
-    """What :func:`run` produced."""
+class DemoResult(Result):
+    """What :func:`run` produced (``to_dict()``; ``to_records()``: the records, tidy)."""
 
     config: DemoConfig
     records: list[dict[str, Any]]
@@ -80,6 +81,12 @@ class DemoResult:
     wall_s: float
     metrics: list[str]
     summary: dict[str, Any] = field(default_factory=dict)
+
+    metric = "demo"
+
+    def to_records(self) -> list[Record]:
+        """Every measured value of :attr:`records` as a tidy record (with its step)."""
+        return tidy(self.records)
 
     def summary_table(self) -> str:
         """A short text table: each headline quantity at the start, its extremes, and the end.
@@ -92,8 +99,9 @@ class DemoResult:
         keys = [k for k in ("ei", "determinism", "degeneracy", "train_loss", "test_loss",
                             "train_accuracy", "test_accuracy", "b_simple")
                 if any(k in r for r in self.records)]
-        keys += [k for k in _keys(self.records)
-                 if k.startswith(("i_xt/", "i_ty/", "causal_ei/", "ei_parts/"))]
+        keys += [k for k in History(self.records).keys()
+                 if k.startswith(("i_xt/", "i_ty/", CAUSAL_RECORD_KEYS["ei"] + "/",
+                                  CAUSAL_RECORD_KEYS["ei_parts"] + "/"))]
         notes = []
         for key in keys:
             values = [(r["step"], r[key]) for r in self.records
@@ -120,14 +128,6 @@ class DemoResult:
 
 def _fmt(v: float) -> str:
     return "" if not math.isfinite(v) else f"{v:.4g}"
-
-
-def _keys(records: list[dict[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in records:
-        for k in r:
-            seen.setdefault(k, None)
-    return list(seen)
 
 
 def _has(module: str, name: str) -> bool:
@@ -408,8 +408,8 @@ def _write_figures(out: str, result: DemoResult) -> list[str]:
     dash_path = os.path.join(out, "dashboard.png")
     fig = training_dashboard(
         result.records, x="step", logx=True,
-        losses_for={p: hidden_losses for p in ("i_xt/", "i_ty/", "causal_ei/", "ei_parts/",
-                                                "sensitivity/", "causal_degeneracy/")},
+        losses_for={p: hidden_losses for p in ("i_xt/", "i_ty/", *(
+            k + "/" for k in CAUSAL_RECORD_KEYS.values()))},
         exclude=(*hidden_losses, HIDDEN_PREFIX + "test_accuracy",
                  HIDDEN_PREFIX + "train_accuracy", "test_accuracy", "train_accuracy"),
         ncols=3,
@@ -424,26 +424,23 @@ def _write_figures(out: str, result: DemoResult) -> list[str]:
 def _metric_figures(out: str, records: list[dict[str, Any]], plt: Any, width: int) -> list[str]:
     """The metric owners' own figures, for the metrics that were measured."""
     files = []
-    ib_rows = [
-        {"step": r["step"], "layer": k[len("i_xt/"):], "i_xt": v, "i_ty": r[f"i_ty/{k[5:]}"]}
-        for r in records for k, v in r.items()
-        if k.startswith("i_xt/") and f"i_ty/{k[5:]}" in r
-    ]
-    if ib_rows and _has("foresight.plot.ib", "information_plane_plot"):
+    has_plane = any(k.startswith("i_xt/") for r in records for k in r)
+    if has_plane and _has("foresight.plot.ib", "information_plane_plot"):
         from foresight.plot.ib import information_plane_plot
 
         path = os.path.join(out, "information_plane.png")
-        # the plot colours by an "epoch" column; here the points are SGD steps
+        # the figure reads the records themselves; the points are SGD steps, not epochs
         fig = information_plane_plot(
-            [{**r, "epoch": r["step"]} for r in ib_rows],
+            records, x="step",
             title=f"Information plane of the 64-{width}-10 tanh network (binning)",
         )
         if len(fig.axes) > 1:  # the colour bar
-            fig.axes[-1].set_ylabel("SGD step + 1")
+            fig.axes[-1].set_ylabel("SGD step")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files.append(path)
-    measured = [r for r in records if any(k.startswith("sensitivity/") for k in r)]
+    sensitivity = CAUSAL_RECORD_KEYS["sensitivity"] + "/"
+    measured = [r for r in records if any(k.startswith(sensitivity) for k in r)]
     if measured and _has("foresight.plot.causal", "causal_plane"):
         from foresight.plot.causal import causal_plane
 

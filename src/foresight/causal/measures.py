@@ -93,7 +93,6 @@ import torch
 from torch import Tensor, nn
 
 from foresight._progress import bar as progress_bar
-from foresight._result import Result
 from foresight.causal import exact
 from foresight.causal import histogram as hist
 from foresight.causal.activations import (
@@ -105,6 +104,7 @@ from foresight.causal.activations import (
     known_range,
 )
 from foresight.causal.affine import affine_map
+from foresight.results import CAUSAL_CONVERGED_KEYS, CAUSAL_RECORD_KEYS, Result
 
 __all__ = [
     "CausalValue",
@@ -139,6 +139,19 @@ METHODS = ("auto", "exact", "sampled")
 
 Range = tuple[float, float]
 
+_MEASURE_OF = {key: measure for measure, key in CAUSAL_RECORD_KEYS.items()}
+_FLAGGED = {key: measure for measure, key in CAUSAL_CONVERGED_KEYS.items()}
+
+
+def _field_value(row: Any, field: str) -> Any:
+    """A causal record field of a row (:class:`LayerCausal`, ``CausalRow``): a measure under its
+    record key (``causal_ei`` is ``row.ei``), or a convergence flag."""
+    if field in _MEASURE_OF:
+        return getattr(row, _MEASURE_OF[field])
+    if field in _FLAGGED:
+        return _FLAGGED[field] not in row.unconverged
+    return getattr(row, field)
+
 
 @dataclass
 class CausalValue(Result):
@@ -162,8 +175,19 @@ class CausalValue(Result):
     bias: float = 0.0
     note: str | None = None
 
+    metric = "causal"
+
     def __float__(self) -> float:
         return float(self.value)
+
+    def _fields(self) -> tuple[str, ...]:
+        # the measure under its record key, and its convergence flag if it has one
+        key = CAUSAL_RECORD_KEYS.get(self.measure, self.measure)
+        flag = CAUSAL_CONVERGED_KEYS.get(self.measure)
+        return (key,) if flag is None else (key, flag)
+
+    def _value(self, field: str) -> Any:
+        return self.converged if field in _FLAGGED else self.value
 
 
 @dataclass
@@ -193,6 +217,11 @@ class LayerCausal(Result):
     bias_ei: float = 0.0
     bias_ei_parts: float = 0.0
     bias_sensitivity: float = 0.0
+
+    metric = "causal"
+
+    def _value(self, field: str) -> Any:
+        return _field_value(self, field)
 
 
 # ------------------------------------------------------------------------------ settings

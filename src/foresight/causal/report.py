@@ -37,7 +37,6 @@ from torch import nn
 
 from foresight._guard import preserved
 from foresight._progress import bar as progress_bar
-from foresight._result import Result
 from foresight.causal.activations import (
     ACTIVATION_TYPES,
     TRANSPARENT_TYPES,
@@ -50,6 +49,7 @@ from foresight.causal.measures import (
     MAX_SAMPLES,
     Range,
     _check_options,
+    _field_value,
     _layer_causal,
     _options,
     _resolve_seed,
@@ -58,31 +58,32 @@ from foresight.causal.measures import (
 from foresight.distributed import full_weights, shared
 from foresight.layers import kinds
 from foresight.layers.modules import INPUT_SHAPE, lookup
+from foresight.results import (
+    CAUSAL_CONVERGED_KEYS,
+    CAUSAL_RECORD_KEYS,
+    Row,
+    Rows,
+    flatten,
+)
 
 __all__ = [
     "CausalRow", "CausalReport", "RECORD_KEYS", "CONVERGED_KEYS", "report", "weight_layers",
     "plan_layers",
 ]
 
-#: Row attribute -> key prefix in flat records (``monitor.history``, ``CausalReport.record()``).
-RECORD_KEYS = {
-    "ei": "causal_ei",
-    "ei_parts": "ei_parts",
-    "sensitivity": "sensitivity",
-    "degeneracy": "causal_degeneracy",
-}
+#: Row attribute -> key prefix in flat records (``monitor.history``, ``CausalReport.record()``):
+#: :data:`foresight.results.CAUSAL_RECORD_KEYS`, the one definition.
+RECORD_KEYS = CAUSAL_RECORD_KEYS
 
 #: Measure -> key prefix of its convergence flag in flat records (``bool`` values, so plots of
 #: numeric columns pass over them): ``causal_ei_converged/<layer>``, ... Degeneracy has no flag
 #: of its own: it is converged when EI_parts and sensitivity are.
-CONVERGED_KEYS = {
-    "ei": "causal_ei_converged",
-    "ei_parts": "ei_parts_converged",
-    "sensitivity": "sensitivity_converged",
-}
+#: :data:`foresight.results.CAUSAL_CONVERGED_KEYS`, the one definition.
+CONVERGED_KEYS = CAUSAL_CONVERGED_KEYS
+
 
 @dataclass
-class CausalRow(Result):
+class CausalRow(Row):
     """The causal measures of one layer (bits).
 
     ``samples_*`` are ``None`` for exact values (``method_*`` says which); ``converged`` is
@@ -114,13 +115,28 @@ class CausalRow(Result):
     bias_ei_parts: float = 0.0
     bias_sensitivity: float = 0.0
 
+    metric = "causal"
+
+    def _value(self, field: str) -> Any:
+        return _field_value(self, field)
+
 
 @dataclass
-class CausalReport(Result):
-    """One :class:`CausalRow` per weight layer, in order; ``seed`` reproduces the numbers."""
+class CausalReport(Rows):
+    """One :class:`CausalRow` per weight layer, in order; ``seed`` reproduces the numbers.
+
+    Rows are looked up by name and iterated like every result's (:mod:`foresight.results`):
+    ``rep.row("0")``, ``rep["0"]``, ``for row in rep``; ``to_records()`` gives every layer's
+    measures and convergence flags (the keys of :meth:`record`).
+    """
 
     layers: list[CausalRow] = field(default_factory=list)
     seed: int = 0
+
+    metric = "causal"
+
+    def _fields(self) -> tuple[str, ...]:
+        return ()  # every value is a layer's
 
     @property
     def converged(self) -> bool:
@@ -131,21 +147,9 @@ class CausalReport(Result):
         """Flat ``{key/layer: bits}``, the keys :class:`foresight.monitor.CausalEI` records:
         ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>``,
         ``causal_degeneracy/<layer>``, and the flags (``bool``) ``causal_ei_converged/<layer>``,
-        ``ei_parts_converged/<layer>``, ``sensitivity_converged/<layer>``."""
-        out: dict[str, float | bool] = {}
-        for r in self.layers:
-            for attr, key in RECORD_KEYS.items():
-                out[f"{key}/{r.name}"] = float(getattr(r, attr))
-            for measure, key in CONVERGED_KEYS.items():
-                out[f"{key}/{r.name}"] = measure not in r.unconverged
-        return out
-
-    def row(self, name: str) -> CausalRow:
-        """The row of the layer called ``name``."""
-        for r in self.layers:
-            if r.name == name:
-                return r
-        raise KeyError(f"no layer {name!r}; layers: {[r.name for r in self.layers]}")
+        ``ei_parts_converged/<layer>``, ``sensitivity_converged/<layer>``: the flattened
+        :meth:`to_records`."""
+        return flatten(self.to_records())
 
 
 Layers = list[tuple[str, nn.Module, Activation]]

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from foresight._guard import preserved
-from foresight._result import Result
 from foresight.distributed import full_weights
 from foresight.ei.engine import DEFAULT_MAX_DENSE_BYTES, LayerStats, degeneracy_of, layer_stats
 from foresight.ei.layers import (
@@ -27,6 +26,7 @@ from foresight.ei.layers import (
 from foresight.ei.norms import lin_norm
 from foresight.ei.registry import is_supported
 from foresight.ei.shapes import Shapes, record_shapes
+from foresight.results import Row, Rows
 
 __all__ = ["determinism", "degeneracy", "ei", "report", "EIReport", "LayerEI"]
 
@@ -34,12 +34,14 @@ Norm = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 @dataclass
-class LayerEI:
-    """One row of :class:`EIReport`: a layer on its own.
+class LayerEI(Row):
+    """One row of :class:`EIReport`: a layer on its own (``to_dict()``, ``to_records()``).
 
     ``effectiveness`` is Hoel's normalised EI of the layer, ``ei / log2(outputs)`` (0 for a layer
     with a single output).
     """
+
+    metric = "ei"
 
     name: str
     type: str
@@ -52,8 +54,12 @@ class LayerEI:
 
 
 @dataclass
-class EIReport(Result):
+class EIReport(Rows):
     """EI of a whole model with one row per layer (see :func:`report`).
+
+    Rows are looked up by name and iterated like every result's (:mod:`foresight.results`):
+    ``report.row("fc1")``, ``report["fc1"]``, ``for row in report``; ``to_records()`` gives the
+    totals (``ei``, ``determinism``, ``degeneracy``) and every layer's values.
 
     ``skipped``: short strings ``"name (Type[, why])"``, one per layer left out of EI (a parameter
     use with no weight graph, a layer the forward pass does not call). ``passed_over``: how many
@@ -73,6 +79,8 @@ class EIReport(Result):
     norm: str = "lin_norm"
     passed_over: dict[str, int] = field(default_factory=dict)
     linear_positions: str = "once"
+
+    metric = "ei"
 
     def __str__(self) -> str:
         def num(v: float) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from foresight._result import Result
+from foresight.results import Result
 
 __all__ = ["GraphEI", "graph_ei"]
 
@@ -75,6 +75,8 @@ class GraphEI(Result):
     n_nodes: int
     n_nodes_with_out_edges: int
     n_edges: int
+
+    metric = "graph_ei"
 
 
 @dataclass

@@ -20,8 +20,8 @@ from foresight.gns.critical import (
     critical_batch_size,
     critical_batch_size_branched,
 )
-from foresight.gns.estimators import NoiseScale, noise_scale, two_batch
-from foresight.gns.hessian import b_noise
+from foresight.gns.estimators import LayerNoiseScale, NoiseScale, noise_scale, two_batch
+from foresight.gns.hessian import BNoise, b_noise
 from foresight.gns.per_example import per_example_sq_norms, per_parameter_sq_norms
 from foresight.gns.planning import (
     examples_needed,
@@ -33,10 +33,12 @@ from foresight.gns.tracker import GradientNoiseScale
 from foresight.gns.warmup import BatchSizeWarmup
 
 __all__ = [
+    "BNoise",
     "BatchSizeWarmup",
     "BranchedCriticalBatchSize",
     "CriticalBatchSize",
     "GradientNoiseScale",
+    "LayerNoiseScale",
     "NoiseScale",
     "b_noise",
     "critical_batch_size",

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from foresight._progress import progress as _progress
-from foresight._result import Result
+from foresight.results import SCHEMA, Record, Result
 
 __all__ = [
     "BranchedCriticalBatchSize",
@@ -232,6 +232,8 @@ class CriticalBatchSize(Result):
     reason: str = ""
     notes: list[str] = field(default_factory=list)
 
+    metric = "critical"
+
     def to_dataframe(self):
         """The ``runs`` table as a ``pandas.DataFrame``."""
         from foresight._optional import require
@@ -302,6 +304,17 @@ class BranchedCriticalBatchSize(Result):
     checkpoints: list[dict[str, Any]]
     branches: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+
+    metric = "critical_branched"
+
+    def to_records(self) -> list[Record]:
+        """One tidy record per value of each checkpoint (``step`` is the checkpoint's)."""
+        fields = SCHEMA[self.metric].model
+        return [
+            Record(self.metric, None, f, float(row[f]), step=int(row["step"]))
+            for row in self.checkpoints for f in fields
+            if isinstance(row.get(f), (int, float)) and not isinstance(row.get(f), bool)
+        ]
 
     def to_dataframe(self):
         """The ``checkpoints`` table as a ``pandas.DataFrame``."""

@@ -29,16 +29,19 @@ one-sided coverage under normal errors) when both limits are positive.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from foresight._result import Result
 from foresight.gns.per_example import per_parameter_sq_norms
+from foresight.results import DictAccess, Row, Rows
 
-__all__ = ["NoiseScale", "RESOLVE_Z", "two_batch", "noise_scale", "ratio", "resolve"]
+__all__ = [
+    "NoiseScale", "LayerNoiseScale", "RESOLVE_Z", "two_batch", "noise_scale", "ratio", "resolve",
+]
 
 RESOLVE_Z = 2.0
 """How many standard errors :math:`\\widehat{|G|^2}` must lie above zero to be *resolved*."""
@@ -52,8 +55,39 @@ def ratio(num: float, den: float) -> float:
 
 
 @dataclass
-class NoiseScale(Result):
+class LayerNoiseScale(DictAccess, Row):
+    """One row of :attr:`NoiseScale.layers`: the estimate of one layer (or parameter group).
+
+    The attributes are those of :class:`NoiseScale` (without ``batch_size``), for ``name``'s
+    parameters alone. Up to 0.2 the rows were ``dict`` objects: ``row["b_simple"]``,
+    ``row.get(...)``, ``row.keys()`` and ``dict(row)`` still work, with a
+    :class:`DeprecationWarning`; use the attributes (``row.b_simple``).
+
+    >>> row = layer_entry("fc1", grad_sq_norm=2.0, trace_sigma=50.0)
+    >>> row.name, row.b_simple, row.resolved
+    ('fc1', 25.0, True)
+    """
+
+    name: str
+    b_simple: float
+    trace_sigma: float
+    grad_sq_norm: float
+    grad_sq_norm_se: float = math.nan
+    trace_sigma_se: float = math.nan
+    b_simple_se: float = math.nan
+    b_simple_lower: float = math.nan
+    resolved: bool = True
+    reason: str = ""
+
+    metric = "gns"
+
+
+@dataclass
+class NoiseScale(Rows):
     """A gradient-noise-scale estimate.
+
+    Per-layer rows are looked up by name and iterated like every result's
+    (:mod:`foresight.results`): ``est.row("fc1")``, ``est["fc1"]``, ``for row in est``.
 
     Attributes:
         b_simple: :math:`\\mathrm{tr}(\\Sigma) / |G|^2` when :math:`|G|^2` is resolved (see the
@@ -63,9 +97,9 @@ class NoiseScale(Result):
         grad_sq_norm: unbiased estimate of :math:`|G|^2`, the squared norm of the true gradient
             (may be negative: it is unbiased, not clipped).
         batch_size: the (big) batch size the estimate was made from.
-        layers: per-layer (or per-parameter-group) estimates, dicts with keys ``name``,
-            ``b_simple``, ``trace_sigma``, ``grad_sq_norm``, ``grad_sq_norm_se``,
-            ``trace_sigma_se``, ``b_simple_se``, ``b_simple_lower``, ``resolved``, ``reason``.
+        layers: per-layer (or per-parameter-group) estimates, :class:`LayerNoiseScale` rows
+            (``name``, ``b_simple``, ``trace_sigma``, ``grad_sq_norm``, their standard errors,
+            ``b_simple_lower``, ``resolved``, ``reason``; ``dict`` objects up to 0.2).
         grad_sq_norm_se: standard error of ``grad_sq_norm`` (``nan`` when unknown; how it is
             obtained is documented by the function that made the estimate).
         trace_sigma_se: standard error of ``trace_sigma``.
@@ -82,13 +116,20 @@ class NoiseScale(Result):
     trace_sigma: float
     grad_sq_norm: float
     batch_size: int
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[LayerNoiseScale] = field(default_factory=list)
     grad_sq_norm_se: float = math.nan
     trace_sigma_se: float = math.nan
     b_simple_se: float = math.nan
     b_simple_lower: float = math.nan
     resolved: bool = True
     reason: str = ""
+
+    metric = "gns"
+
+    def __post_init__(self) -> None:
+        # rows given as 0.2 dicts (NoiseScale(..., layers=[{"name": ...}])) become rows
+        self.layers = [LayerNoiseScale(**r) if isinstance(r, Mapping) else r
+                       for r in self.layers]
 
     @classmethod
     def from_parts(
@@ -122,7 +163,7 @@ class NoiseScale(Result):
             trace_sigma=float(trace_sigma),
             grad_sq_norm=float(grad_sq_norm),
             batch_size=int(batch_size),
-            layers=list(layers or []),
+            layers=list(layers or []),  # dicts (0.2) become rows in __post_init__
             grad_sq_norm_se=float(grad_sq_norm_se),
             trace_sigma_se=float(trace_sigma_se),
             b_simple_se=r["b_simple_se"],
@@ -204,13 +245,14 @@ def layer_entry(
     covariance: float = math.nan,
     *,
     require_se: bool = False,
-) -> dict[str, Any]:
-    """One row of :attr:`NoiseScale.layers`."""
+) -> LayerNoiseScale:
+    """One row of :attr:`NoiseScale.layers`: ``b_simple`` and the resolution by
+    :func:`resolve`."""
     r = resolve(
         grad_sq_norm, trace_sigma, grad_sq_norm_se, trace_sigma_se, covariance,
         require_se=require_se,
     )
-    return dict(
+    return LayerNoiseScale(
         name=name,
         b_simple=r["b_simple"],
         trace_sigma=float(trace_sigma),

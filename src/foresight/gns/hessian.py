@@ -24,6 +24,8 @@ For large models prefer :math:`B_\\text{simple}` (:func:`~foresight.gns.noise_sc
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,8 +39,50 @@ from foresight.gns.per_example import (
     suspend_trackers,
     trainable,
 )
+from foresight.results import Result
 
-__all__ = ["b_noise"]
+__all__ = ["BNoise", "b_noise"]
+
+
+@dataclass(eq=False, repr=True)
+class BNoise(float, Result):
+    """The Hessian-aware noise scale of one batch (:func:`b_noise`): a result that is also its
+    value as a ``float``.
+
+    Up to 0.2 :func:`b_noise` returned a bare ``float``; the result still is one (a ``float``
+    subclass), so ``float(result)``, ``result > 0``, arithmetic and formatting keep working and
+    give :attr:`b_noise`.
+
+    Attributes:
+        b_noise: :math:`\\widehat{\\mathrm{tr}(H\\Sigma)} / \\widehat{G^\\top H G}` (``nan`` or
+            ``inf`` when the denominator is 0).
+        tr_h_sigma: the unbiased estimate of :math:`\\mathrm{tr}(H\\Sigma)`.
+        g_h_g: the unbiased estimate of :math:`G^\\top H G` (may be negative).
+        batch_size: the batch size :math:`B`.
+        probes: how many per-example gradients were multiplied by :math:`H` (``B`` for all).
+
+    >>> r = BNoise(b_noise=4.0, tr_h_sigma=8.0, g_h_g=2.0, batch_size=16, probes=16)
+    >>> float(r), r > 3, r.to_dict()["g_h_g"]
+    (4.0, True, 2.0)
+    """
+
+    b_noise: float
+    tr_h_sigma: float = math.nan
+    g_h_g: float = math.nan
+    batch_size: int = 0
+    probes: int = 0
+
+    metric = "b_noise"
+
+    def __new__(cls, b_noise: float, *args: Any, **kwargs: Any) -> BNoise:
+        return super().__new__(cls, b_noise)
+
+    def __str__(self) -> str:  # prints as the number, as the 0.2 float did
+        return float.__repr__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.b_noise, self.tr_h_sigma, self.g_h_g, self.batch_size,
+                             self.probes))
 
 
 def b_noise(
@@ -50,7 +94,7 @@ def b_noise(
     loss_reduction: str = "mean",
     probes: int | None = None,
     generator: torch.Generator | None = None,
-) -> float:
+) -> BNoise:
     """:math:`B_\\text{noise} = \\mathrm{tr}(H\\Sigma)/(G^\\top H G)` from one batch.
 
     ``loss_fn(model(inputs), targets)`` is the batch loss (mean or sum of per-example losses,
@@ -67,15 +111,21 @@ def b_noise(
             cost drops from :math:`B` to ``probes + 1`` Hessian-vector products.
         generator: random generator for the probe draw.
 
+    Returns:
+        A :class:`BNoise` result (``b_noise``, ``tr_h_sigma``, ``g_h_g``, ``batch_size``,
+        ``probes``; ``to_dict()``, ``to_records()``). It is a ``float`` subclass equal to
+        ``b_noise``, so code written for 0.2, which returned a bare ``float`` (``b_noise(...) >
+        0``, ``float(b_noise(...))``), keeps working.
+
     Raises:
         ValueError: batch of one, train-mode BatchNorm, bad ``loss_reduction`` or ``probes``.
 
     >>> import torch
     >>> model = torch.nn.Linear(3, 1)
     >>> x = torch.randn(256, 3) * torch.tensor([3.0, 1.0, 0.3])
-    >>> value = b_noise(model, torch.nn.functional.mse_loss, x, torch.randn(256, 1))
-    >>> value > 0
-    True
+    >>> result = b_noise(model, torch.nn.functional.mse_loss, x, torch.randn(256, 1))
+    >>> result > 0, result.batch_size, result.probes
+    (True, 256, 256)
     """
     from torch.func import functional_call, grad, vjp, vmap
 
@@ -118,4 +168,5 @@ def b_noise(
     qb = sum(float((mean[n].double() * hmean[n].double()).sum()) for n in params)
     tr_h_sigma = batch / (batch - 1) * (q1 - qb)
     g_h_g = (batch * qb - q1) / (batch - 1)
-    return ratio(tr_h_sigma, g_h_g)
+    used = batch if probes is None or probes >= batch else int(probes)
+    return BNoise(ratio(tr_h_sigma, g_h_g), tr_h_sigma, g_h_g, batch, used)

@@ -452,20 +452,20 @@ class GradientNoiseScale:
         if raw is not None:
             self.last_raw = raw
             values = [raw.grad_sq_norm, raw.trace_sigma] + [
-                v for lay in raw.layers for v in (lay["grad_sq_norm"], lay["trace_sigma"])
+                v for lay in raw.layers for v in (lay.grad_sq_norm, lay.trace_sigma)
             ]
             if all(math.isfinite(v) for v in values):
                 self.steps += 1
-                self._last_groups = [lay["name"] for lay in raw.layers]
+                self._last_groups = [lay.name for lay in raw.layers]
                 self._last_batch = raw.batch_size
                 for lay in raw.layers:
-                    ema = self._ema.setdefault(lay["name"], [0.0, 0.0, 0])
-                    ema[0] = self.beta * ema[0] + (1 - self.beta) * lay["grad_sq_norm"]
-                    ema[1] = self.beta * ema[1] + (1 - self.beta) * lay["trace_sigma"]
+                    ema = self._ema.setdefault(lay.name, [0.0, 0.0, 0])
+                    ema[0] = self.beta * ema[0] + (1 - self.beta) * lay.grad_sq_norm
+                    ema[1] = self.beta * ema[1] + (1 - self.beta) * lay.trace_sigma
                     ema[2] += 1
                     moments_update(
-                        self._moments.setdefault(lay["name"], moments_new()),
-                        lay["grad_sq_norm"], lay["trace_sigma"], self.beta,
+                        self._moments.setdefault(lay.name, moments_new()),
+                        lay.grad_sq_norm, lay.trace_sigma, self.beta,
                     )
                 moments_update(self._moments_total, raw.grad_sq_norm, raw.trace_sigma, self.beta)
             else:

@@ -27,7 +27,6 @@ from torch import nn
 
 from foresight._guard import preserved
 from foresight._progress import bar as progress_bar
-from foresight._result import Result
 from foresight.distributed import full_weights
 from foresight.ib._samples import as_samples, positive_int, same_length
 from foresight.ib.binning import bin_indices
@@ -42,13 +41,14 @@ from foresight.ib.discrete import (
 from foresight.ib.estimators import check_options, code_for
 from foresight.ib.kde import kde_information_bits
 from foresight.ib.layers import OUTPUT, default_layers
+from foresight.results import I_XT_LIMITED, Row, Rows
 
 PLANE_METHODS = ("binning", "kde")
 
 
 @dataclass
-class LayerInformation(Result):
-    r"""One point of the information plane.
+class LayerInformation(Row):
+    r"""One point of the information plane (a row of :class:`InformationPlane`).
 
     Attributes:
         name: module name (``"output"`` for the model's output).
@@ -75,10 +75,20 @@ class LayerInformation(Result):
     options: dict[str, Any] = field(default_factory=dict)
     limited_by: str | None = None
 
+    metric = "ib"
+
+    def _value(self, field: str) -> Any:
+        if field == I_XT_LIMITED:  # the record's flag: I(X;T) at its ceiling
+            return self.limited_by is not None
+        return getattr(self, field)
+
 
 @dataclass
-class InformationPlane(Result):
+class InformationPlane(Rows):
     """Every layer's point of the information plane, with what is needed to read it.
+
+    Rows are looked up by name and iterated like every result's (:mod:`foresight.results`):
+    ``plane.row("1")``, ``plane["1"]``, ``"1" in plane``, ``for layer in plane``.
 
     Attributes:
         layers: one :class:`LayerInformation` per representation, input to output.
@@ -94,11 +104,7 @@ class InformationPlane(Result):
     method: str
     options: dict[str, Any] = field(default_factory=dict)
 
-    def __getitem__(self, name: str) -> LayerInformation:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer {name!r}; layers are {[la.name for la in self.layers]}")
+    metric = "ib"
 
 
 def effective_options(method: str, options: dict[str, Any]) -> dict[str, Any]:

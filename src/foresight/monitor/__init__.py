@@ -21,12 +21,16 @@ from foresight.monitor.metrics import (
     Function,
     GradientNoise,
     InformationPlane,
+    Metric,
     as_metric,
 )
 from foresight.monitor.sinks import CSVSink, History, Sink, TensorBoardSink, WandbSink
+from foresight.monitor.tracker import Tracker
 
 __all__ = [
     "Monitor",
+    "Metric",
+    "Tracker",
     "EI",
     "GradientNoise",
     "InformationPlane",

@@ -12,8 +12,9 @@ from torch import nn
 
 from foresight import distributed
 from foresight._guard import preserved
-from foresight.monitor.metrics import Context, as_metric
-from foresight.monitor.sinks import History, Record, Sink
+from foresight.monitor.metrics import Context, Metric, as_metric, collect, needs_of
+from foresight.monitor.sinks import FlatRecord, History, Sink
+from foresight.results import flatten
 from foresight.schedule import Schedule, every
 
 _UNITS = ("step", "epoch")
@@ -27,9 +28,16 @@ class Monitor:
     each epoch. ``schedule`` decides which calls measure: with ``unit="epoch"`` (the default) it
     counts ``epoch_end()`` calls, with ``unit="step"`` it counts ``step()`` calls; both counters
     start at 0 (the first call is step 0 / epoch 0), or take explicit ``step=``/``epoch=`` values.
-    A measurement runs every metric and writes one record -- ``step``, ``epoch``, the scalar
-    keyword values you passed (e.g. ``loss=``) and every metric's values -- to ``history`` and to
-    each sink.
+    A measurement runs every metric that is due and writes one record -- ``step``, ``epoch``, the
+    scalar keyword values you passed (e.g. ``loss=``) and those metrics' values -- to ``history``
+    and to each sink.
+
+    Every metric goes through one lifecycle (:class:`foresight.monitor.metrics.Metric`): it is
+    attached once, sees every step if it ``needs`` to (the gradient noise tracker), and is
+    measured when it is due -- at the Monitor's ``schedule``, or at its own when it has one
+    (``EI(schedule=every(100), unit="step")`` beside metrics that run every epoch). Its records
+    (:mod:`foresight.results`) are flattened into the record under their keys (``ei``,
+    ``i_xt/fc1``, ...).
 
     Between measurements a call costs a counter increment and a schedule check (plus the gradient
     noise tracker's step when a tracking :class:`~foresight.monitor.GradientNoise` is used).
@@ -110,7 +118,7 @@ class Monitor:
         self.next_step = 0
         self.next_epoch = 0
         self._last_batch: Any = None
-        self._stepping = [m for m in self.metrics if callable(getattr(m, "after_step", None))]
+        self._stepping = [m for m in self.metrics if "steps" in needs_of(m)]
         self._closed = False
         for m in self.metrics:
             attach = getattr(m, "attach", None)
@@ -122,8 +130,11 @@ class Monitor:
 
     # -- the calls a training loop makes ------------------------------------------------------
 
-    def step(self, batch: Any = None, *, step: int | None = None, **values: Any) -> Record | None:
-        """Count one optimizer step; measure if ``unit="step"`` and the schedule fires.
+    def step(
+        self, batch: Any = None, *, step: int | None = None, **values: Any
+    ) -> FlatRecord | None:
+        """Count one optimizer step; measure the metrics that are due (with ``unit="step"``:
+        when the schedule fires).
 
         Args:
             batch: the current batch (some metrics, e.g. :class:`EI`, take an example input
@@ -143,14 +154,14 @@ class Monitor:
         context = Context(step=index, epoch=self.next_epoch, batch=batch, values=values)
         for m in self._stepping:
             m.after_step(self.module, context)
-        if self.unit == "step" and self.schedule(index):
-            return self._measure(context)
-        return None
+        due = self._due("step", index)
+        return None if due is None else self._measure(context, due)
 
     def epoch_end(
         self, batch: Any = None, *, epoch: int | None = None, **values: Any
-    ) -> Record | None:
-        """Count one epoch; measure if ``unit="epoch"`` and the schedule fires.
+    ) -> FlatRecord | None:
+        """Count one epoch; measure the metrics that are due (with ``unit="epoch"``: when the
+        schedule fires).
 
         Arguments as in :meth:`step` (``epoch=`` instead of ``step=``). The record's ``step`` is
         the number of ``step()`` calls so far. Without ``batch``, metrics see the last batch given
@@ -159,18 +170,20 @@ class Monitor:
         self._check_open()
         index = self.next_epoch if epoch is None else int(epoch)
         self.next_epoch = index + 1
-        if self.unit == "epoch" and self.schedule(index):
-            batch = self._last_batch if batch is None else batch
-            context = Context(step=self.next_step, epoch=index, batch=batch, values=values)
-            return self._measure(context)
-        return None
+        due = self._due("epoch", index)
+        if due is None:
+            return None
+        batch = self._last_batch if batch is None else batch
+        context = Context(step=self.next_step, epoch=index, batch=batch, values=values)
+        return self._measure(context, due)
 
-    def measure(self, batch: Any = None, **values: Any) -> Record:
+    def measure(self, batch: Any = None, **values: Any) -> FlatRecord:
         """Measure now, whatever the schedule says (e.g. once before training starts)."""
         self._check_open()
         epoch = self.next_epoch if self.unit == "step" else max(self.next_epoch - 1, 0)
         batch = self._last_batch if batch is None else batch
-        return self._measure(Context(step=self.next_step, epoch=epoch, batch=batch, values=values))
+        context = Context(step=self.next_step, epoch=epoch, batch=batch, values=values)
+        return self._measure(context, self.metrics)
 
     def close(self) -> None:
         """Detach every metric (removing any hooks) and close the sinks. Idempotent."""
@@ -203,15 +216,40 @@ class Monitor:
         otherwise)."""
         return not self.parallel.collective or distributed.is_main()
 
-    def _measure(self, context: Context) -> Record:
-        record: Record = {"step": context.step, "epoch": context.epoch}
+    def _due(self, unit: str, index: int) -> list[Any] | None:
+        """The metrics to measure at this ``step()``/``epoch_end()`` call, or ``None`` for no
+        measurement: a metric is due when its schedule (its own, else the Monitor's) fires on
+        its unit's counter (its own, else the Monitor's); a 0.2 adapter (not a
+        :class:`~foresight.monitor.metrics.Metric`) follows the Monitor's. A Monitor without
+        metrics measures (records the values) when its schedule fires."""
+        due = []
+        for m in self.metrics:
+            own = isinstance(m, Metric)  # a 0.2 adapter's attributes are its own business
+            schedule = m.schedule if own and m.schedule is not None else self.schedule
+            m_unit = m.unit if own and m.unit is not None else self.unit
+            if m_unit == unit and schedule(index):
+                due.append(m)
+        if due or (not self.metrics and self.unit == unit and self.schedule(index)):
+            return due
+        return None
+
+    def _measure(self, context: Context, due: list[Any]) -> FlatRecord:
+        record: FlatRecord = {"step": context.step, "epoch": context.epoch}
         for key, value in context.values.items():
             record[key] = _scalar(value, key)
+        for m in due:
+            if "batch" in needs_of(m) and context.batch is None:
+                raise ValueError(
+                    f"Monitor: metric {getattr(m, 'name', m)!r} needs an example input from the "
+                    "batch at this measurement: pass batch= to step()/epoch_end()/measure() (or "
+                    "give the metric its input, e.g. EI(input=x))"
+                )
 
-        def run() -> Record:
+        def run() -> FlatRecord:
             with _isolated(self.module), distributed.full_weights(self.module):
-                for m in self.metrics:
-                    record.update(m.measure(self.module, context))
+                for m in due:
+                    _, rows = collect(m, self.module, context)
+                    record.update(flatten(rows))
             return record
 
         if self.parallel.collective:  # rank 0's record, your values (loss=...) included

@@ -5,11 +5,18 @@ A sink is any object with ``write(record)`` and ``close()``; a record is a flat 
 ``"i_xt/fc1"``: quantity, then layer). The sinks here cover the usual destinations:
 
 * :class:`CSVSink` -- a CSV file, ``layout="wide"`` (one row per measurement, one column per
-  quantity; columns grow as new keys appear) or ``layout="long"`` (tidy: one row per value with
-  ``step, epoch, metric, layer, value``);
+  quantity; columns grow as new keys appear), ``layout="long"`` (one row per value with
+  ``step, epoch, metric, layer, value``, ``metric`` being the key's quantity) or
+  ``layout="tidy"`` (the records of :mod:`foresight.results`: ``step, epoch, metric, layer,
+  field, value``);
 * :class:`TensorBoardSink` -- scalars through :class:`torch.utils.tensorboard.SummaryWriter`;
 * :class:`WandbSink` -- ``wandb.log`` (Weights & Biases is an optional import);
-* :class:`History` -- the in-memory list kept by every Monitor as ``monitor.history``.
+* :class:`History` -- the in-memory list kept by every Monitor as ``monitor.history`` (and by
+  the standalone trackers as ``tracker.history``).
+
+A record's keys and the tidy records they stand for are one definition
+(:attr:`foresight.results.Record.key`, :func:`foresight.results.unflatten`): every sink that
+splits a key into its quantity and layer goes through it.
 
 Every sink records both ``step`` and ``epoch``. Where the names share a namespace with the rest
 of a run (TensorBoard tags, W&B keys, Lightning's loggers) they carry one prefix,
@@ -29,22 +36,25 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from foresight._optional import require
+from foresight.results import INDEX_KEYS, Record, tidy, unflatten
 
 __all__ = [
     "Sink", "History", "CSVSink", "TensorBoardSink", "WandbSink", "split_key", "DEFAULT_PREFIX",
-    "INDEX_KEYS", "LONG_COLUMNS",
+    "INDEX_KEYS", "LONG_COLUMNS", "TIDY_COLUMNS",
 ]
 
-Record = dict[str, Any]
-
-#: Keys of a record that say *when* it was measured rather than *what* was measured.
-INDEX_KEYS = ("step", "epoch")
+#: What a Monitor writes: one flat ``dict`` per measurement (``step``, ``epoch``, the values).
+FlatRecord = dict[str, Any]
 
 #: The namespace of foresight's names in shared logs (TensorBoard tags, W&B keys, Lightning).
 DEFAULT_PREFIX = "foresight/"
 
 #: Columns of :class:`CSVSink` with ``layout="long"``.
 LONG_COLUMNS = ("step", "epoch", "metric", "layer", "value")
+
+#: Columns of :class:`CSVSink` with ``layout="tidy"``: the fields of
+#: :class:`foresight.results.Record`.
+TIDY_COLUMNS = ("step", "epoch", "metric", "layer", "field", "value")
 
 
 @runtime_checkable
@@ -79,6 +89,16 @@ class History(list):
         """Every key seen, in first-seen order."""
         return _union_keys(self)
 
+    def to_records(self) -> list[Record]:
+        """Every value of every record as a tidy :class:`foresight.results.Record` (with its
+        ``step`` and ``epoch``).
+
+        >>> h = History([{"step": 10, "epoch": 1, "ei": 1.5, "i_xt/fc1": 2.0}])
+        >>> [(r.metric, r.layer, r.field, r.value, r.step) for r in h.to_records()]
+        [('ei', None, 'ei', 1.5, 10), ('ib', 'fc1', 'i_xt', 2.0, 10)]
+        """
+        return tidy(list(self))
+
     def to_dataframe(self):
         """A ``pandas.DataFrame`` with one row per record (needs pandas)."""
         pd = require("pandas", "History.to_dataframe()")
@@ -94,18 +114,19 @@ def _union_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """A record key as ``(metric, layer)``: ``"i_xt/fc1"`` -> ``("i_xt", "fc1")``, ``"ei"`` ->
-    ``("ei", "")``. The layer is everything after the first ``/``.
+    """A record key as ``(quantity, layer)``: ``"i_xt/fc1"`` -> ``("i_xt", "fc1")``, ``"ei"`` ->
+    ``("ei", "")``. The layer is everything after the first ``/``
+    (:meth:`foresight.results.Record.from_key`, with ``""`` for no layer).
 
     >>> split_key("b_simple/encoder.0"), split_key("train_loss")
     (('b_simple', 'encoder.0'), ('train_loss', ''))
     """
-    metric, _, layer = key.partition("/")
-    return metric, layer
+    r = Record.from_key(key, None, metric="")
+    return r.field, r.layer or ""
 
 
 class CSVSink:
-    """Write records to a CSV file, wide (one row per record) or long (one row per value).
+    """Write records to a CSV file, wide (one row per record), long or tidy (one row per value).
 
     ``layout="wide"``: the header is the union of all keys seen so far (``step``, ``epoch``, then
     one column per quantity); when a record brings a key the file has no column for, the file is
@@ -117,6 +138,11 @@ class CSVSink:
     (``i_xt/fc1`` -> ``i_xt``, ``fc1``; ``ei`` -> ``ei`` with an empty layer). Rows are appended,
     never rewritten; non-numeric entries (strings, ``None``) are left out. This is the shape
     ``pandas``/``seaborn``/R read directly (``df.pivot_table(index="epoch", columns=...)``).
+
+    ``layout="tidy"``: the records of :mod:`foresight.results` -- ``step, epoch, metric, layer,
+    field, value`` (``metric`` the metric that measured the value, ``field`` the quantity, as in
+    :class:`~foresight.results.Record`; ``layer`` empty for a whole-model value) -- appended like
+    the long layout.
 
     The file is foresight's own, so its names carry no prefix.
 
@@ -137,11 +163,11 @@ class CSVSink:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, layout: str = "wide") -> None:
-        if layout not in ("wide", "long"):
-            raise ValueError(f"CSVSink: layout must be 'wide' or 'long', got {layout!r}")
+        if layout not in ("wide", "long", "tidy"):
+            raise ValueError(f"CSVSink: layout must be 'wide', 'long' or 'tidy', got {layout!r}")
         self.path = os.fspath(path)
         self.layout = layout
-        self._rows: list[Record] = []
+        self._rows: list[FlatRecord] = []
         self._columns: list[str] = []
         self._started = False
 
@@ -151,14 +177,14 @@ class CSVSink:
         if parent:
             os.makedirs(parent, exist_ok=True)
         with open(self.path, "w", newline="") as f:
-            if self.layout == "long":
-                csv.writer(f).writerow(LONG_COLUMNS)
+            if self.layout in ("long", "tidy"):
+                csv.writer(f).writerow(LONG_COLUMNS if self.layout == "long" else TIDY_COLUMNS)
 
     def write(self, record: Mapping[str, Any]) -> None:
         if not self._started:
             self._start()
         row = {k: _plain_scalar(v) for k, v in record.items()}
-        if self.layout == "long":
+        if self.layout in ("long", "tidy"):
             self._append_long(row)
             return
         self._rows.append(row)
@@ -170,14 +196,15 @@ class CSVSink:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._columns).writerow(row)
 
-    def _append_long(self, row: Record) -> None:
+    def _append_long(self, row: FlatRecord) -> None:
         step, epoch = row.get("step", ""), row.get("epoch", "")
         lines = []
-        for key, value in row.items():
-            if key in INDEX_KEYS or _number(value) is None:
-                continue
-            metric, layer = split_key(key)
-            lines.append((step, epoch, metric, layer, value))
+        for r in unflatten(row):
+            layer = "" if r.layer is None else r.layer
+            if self.layout == "long":
+                lines.append((step, epoch, r.field, layer, r.value))
+            else:
+                lines.append((step, epoch, r.metric, layer, r.field, r.value))
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerows(lines)
 

@@ -1,4 +1,8 @@
-"""Turn the ways a training history can be given into columns of floats, for the plots."""
+"""Turn the ways a training history can be given into columns of floats, for the plots.
+
+Records of any shape go through :mod:`foresight.results` (:func:`~foresight.results.wide`):
+results, trackers, ``monitor.history``, tidy records, flat records, frames and dicts of columns.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,27 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from foresight.results import Record, wide
+
 Columns = dict[str, list[float]]
+
+
+def _flat(history: Any) -> Any:
+    """``history`` as flat records when it is not already flat records, a frame or columns."""
+    if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas.DataFrame
+        cols = set(map(str, history.columns))
+        if {"field", "value"} <= cols or "layer" in cols:
+            return wide(history.to_dict("records"))
+        return history
+    if hasattr(history, "to_records") and callable(history.to_records):
+        return wide(history)  # a result, a tracker, a History
+    if isinstance(history, Sequence) and not isinstance(history, (str, bytes)) and any(
+        isinstance(r, Record) or (isinstance(r, Mapping) and (
+            ("field" in r and "value" in r) or isinstance(r.get("layer"), str)))
+        for r in history
+    ):
+        return wide(history)
+    return history
 
 
 def columns(history: Any) -> Columns:
@@ -17,6 +41,7 @@ def columns(history: Any) -> Columns:
     >>> columns([{"epoch": 0, "ei": 1.0}, {"epoch": 1, "loss": 0.5}])
     {'epoch': [0.0, 1.0], 'ei': [1.0, nan], 'loss': [nan, 0.5]}
     """
+    history = _flat(history)
     if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas.DataFrame
         history = history.to_dict("records")
     if isinstance(history, Mapping):

@@ -1,11 +1,13 @@
 """Figures of the causal measures (:mod:`foresight.causal`) over training.
 
-Histories are ``monitor.history`` (with the ``"causal"`` metric), :attr:`CausalTracker.history
-<foresight.causal.CausalTracker>`, a list of records, a ``pandas.DataFrame`` or a dict of columns,
-with keys ``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>`` and
-``causal_degeneracy/<layer>`` (bits). The flags ``causal_ei_converged/<layer>``,
-``ei_parts_converged/<layer>`` and ``sensitivity_converged/<layer>`` (``bool``, recorded with them)
-mark sample-limited values: such points are drawn hollow.
+Histories are ``monitor.history`` (with the ``"causal"`` metric), a
+:class:`~foresight.causal.CausalTracker` or its ``history``, a list of records (flat or tidy,
+:mod:`foresight.results`), a ``pandas.DataFrame`` or a dict of columns, with keys
+``causal_ei/<layer>``, ``ei_parts/<layer>``, ``sensitivity/<layer>`` and
+``causal_degeneracy/<layer>`` (bits; :data:`foresight.causal.RECORD_KEYS`). The flags
+``causal_ei_converged/<layer>``, ``ei_parts_converged/<layer>`` and
+``sensitivity_converged/<layer>`` (``bool``, recorded with them;
+:data:`foresight.causal.CONVERGED_KEYS`) mark sample-limited values: such points are drawn hollow.
 """
 
 from __future__ import annotations
@@ -15,24 +17,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from foresight._optional import require
-from foresight.plot._history import Columns, columns
+from foresight.plot._history import Columns, _flat, columns
+from foresight.results import CAUSAL_CONVERGED_KEYS, CAUSAL_RECORD_KEYS
 
 __all__ = ["causal_plane", "layer_ei_training", "MEASURE_KEYS", "CONVERGED_KEYS"]
 
-#: Measure name -> record key prefix.
-MEASURE_KEYS = {
-    "ei": "causal_ei",
-    "ei_parts": "ei_parts",
-    "sensitivity": "sensitivity",
-    "degeneracy": "causal_degeneracy",
-}
+#: Measure name -> record key prefix: :data:`foresight.causal.RECORD_KEYS` (the same object).
+MEASURE_KEYS = CAUSAL_RECORD_KEYS
 
-#: Measure name -> key prefix of its convergence flag (degeneracy: both pairwise flags).
+#: Measure name -> the prefixes of the convergence flags its points depend on, from
+#: :data:`foresight.causal.CONVERGED_KEYS` (degeneracy, which has no flag of its own: both
+#: pairwise flags).
 CONVERGED_KEYS = {
-    "ei": ("causal_ei_converged",),
-    "ei_parts": ("ei_parts_converged",),
-    "sensitivity": ("sensitivity_converged",),
-    "degeneracy": ("ei_parts_converged", "sensitivity_converged"),
+    **{measure: (key,) for measure, key in CAUSAL_CONVERGED_KEYS.items()},
+    "degeneracy": (CAUSAL_CONVERGED_KEYS["ei_parts"], CAUSAL_CONVERGED_KEYS["sensitivity"]),
 }
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
@@ -57,6 +55,7 @@ def _layers(cols: Columns, prefix: str, layers: Sequence[str] | None) -> list[st
 
 def _records(history: Any) -> list[dict[str, Any]]:
     """The history as a list of records (for the boolean flags, which :func:`columns` drops)."""
+    history = _flat(history)
     if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas.DataFrame
         return history.to_dict("records")
     if isinstance(history, dict):

@@ -25,6 +25,7 @@ from foresight.plot._style import (
     split_resolved,
 )
 from foresight.plot.ei import EI_COLOR, LOSS_COLORS
+from foresight.results import CAUSAL_RECORD_KEYS as _CAUSAL
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,10 @@ PANELS: tuple[Panel, ...] = (
           positive=True),
     Panel("I(X;T) per layer", "bits", prefix="i_xt/"),
     Panel("I(T;Y) per layer", "bits", prefix="i_ty/"),
-    Panel("Causal EI per layer", "bits", prefix="causal_ei/"),
-    Panel("EI_parts per layer", "bits", prefix="ei_parts/"),
-    Panel("Sensitivity per layer", "bits", prefix="sensitivity/"),
-    Panel("Causal degeneracy per layer", "bits", prefix="causal_degeneracy/"),
+    Panel("Causal EI per layer", "bits", prefix=_CAUSAL["ei"] + "/"),
+    Panel("EI_parts per layer", "bits", prefix=_CAUSAL["ei_parts"] + "/"),
+    Panel("Sensitivity per layer", "bits", prefix=_CAUSAL["sensitivity"] + "/"),
+    Panel("Causal degeneracy per layer", "bits", prefix=_CAUSAL["degeneracy"] + "/"),
 )
 
 #: Line styles of the loss curves: the default losses dashed, the ``losses_for`` ones dotted.
@@ -263,8 +264,8 @@ def _planes(cols: Columns) -> list[tuple[str, str, str, list[tuple[str, str, str
     specs = []
     for title, xp, yp, xl, yl in (
         ("Information plane", "i_xt/", "i_ty/", "I(X;T) (bits)", "I(T;Y) (bits)"),
-        ("Causal plane", "sensitivity/", "causal_degeneracy/", "sensitivity (bits)",
-         "degeneracy (bits)"),
+        ("Causal plane", _CAUSAL["sensitivity"] + "/", _CAUSAL["degeneracy"] + "/",
+         "sensitivity (bits)", "degeneracy (bits)"),
     ):
         pairs = [
             (k[len(xp):], k, yp + k[len(xp):]) for k in cols
